@@ -1,0 +1,1 @@
+"""VOneNets as Brain-Score brain models."""

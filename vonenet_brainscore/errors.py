@@ -1,0 +1,32 @@
+"""Exceptions with messages that say what went wrong and what to do about it."""
+
+
+class VOneNetError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class UnknownModelError(VOneNetError, KeyError):
+    """A model name or Brain-Score identifier that the catalogue does not know."""
+
+    def __str__(self):  # KeyError would otherwise print the message inside quotes
+        return str(self.args[0]) if self.args else ''
+
+
+class WeightsUnavailableError(VOneNetError):
+    """Published weights could not be downloaded and are not in the cache."""
+
+
+class CheckpointError(VOneNetError):
+    """A checkpoint file that is truncated, corrupt, unsafe, or of another architecture."""
+
+
+class CommitmentError(VOneNetError):
+    """A commitments file that is malformed or names a layer the model does not have."""
+
+
+class StimulusError(VOneNetError):
+    """An image that cannot be read, or a stimulus set that does not fit the request."""
+
+
+class DataError(VOneNetError):
+    """Neural or behavioural data that is missing or malformed."""
