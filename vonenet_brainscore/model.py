@@ -1,0 +1,85 @@
+"""Assemble a VOneNet: VOneBlock -> 1x1 bottleneck -> back-end, with the original module names."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .backends import build_backend, first_conv_in_channels
+from .vone import VOneBlock, VOneBlockConfig
+
+BOTTLENECK_CHANNELS = 64
+
+
+class VOneNet(nn.Sequential):
+    """``vone_block`` -> ``bottleneck`` -> ``model``: the published VOneNets' layout and key names.
+
+    ``arch`` names the back-end (or ``None`` for a custom one); ``config`` is the VOneBlock's.
+    """
+
+    def __init__(self, vone_block: VOneBlock, backend: Optional[nn.Module], arch: Optional[str] = None,
+                 bottleneck_channels: int = BOTTLENECK_CHANNELS):
+        modules = OrderedDict(vone_block=vone_block)
+        if backend is not None:
+            bottleneck = nn.Conv2d(vone_block.out_channels, bottleneck_channels, kernel_size=1, bias=False)
+            nn.init.kaiming_normal_(bottleneck.weight, mode='fan_out', nonlinearity='relu')
+            modules['bottleneck'] = bottleneck
+            modules['model'] = backend
+        super().__init__(modules)
+        self.arch = arch
+        self.config: VOneBlockConfig = vone_block.config
+        self.image_size = vone_block.config.image_size
+        self.visual_degrees = vone_block.config.visual_degrees
+
+    @property
+    def gabor_params(self) -> dict:
+        """The sampled Gabor parameters and their settings, keyed as in the original code."""
+        p, c = self.vone_block.gabor_parameters, self.config
+        return {'simple_channels': c.simple_channels, 'complex_channels': c.complex_channels,
+                'rand_param': c.rand_param, 'gabor_seed': c.gabor_seed, 'sf_max': c.sf_max,
+                'sf_corr': c.sf_corr, 'sf': p.sf.copy(), 'theta': p.theta.copy(), 'phase': p.phase.copy(),
+                'nx': p.nx.copy(), 'ny': p.ny.copy()}
+
+
+@contextmanager
+def _seeded(init_seed: Optional[int]):
+    """Run back-end initialisation from ``init_seed`` without touching torch's global RNG."""
+    if init_seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(init_seed)
+        yield
+
+
+def build_vonenet(arch: Optional[str] = 'resnet50', *, num_classes: int = 1000, init_seed: Optional[int] = 0,
+                  noise_seed: Optional[int] = None, config: Optional[VOneBlockConfig] = None,
+                  **vone_settings) -> VOneNet:
+    """A VOneNet with a registered back-end (``resnet50``, ``alexnet``, ``cornets``), untrained.
+
+    ``arch=None`` gives the VOneBlock alone. VOneBlock settings (``noise_mode=None``,
+    ``gabor_seed=1``, ...) are keyword arguments. ``init_seed`` seeds the bottleneck and back-end
+    initialisation (None: torch's global RNG); the Gabor filters use their own seeds.
+    """
+    vone_block = VOneBlock(config, noise_seed=noise_seed, **vone_settings)
+    if arch is None:
+        return VOneNet(vone_block, None)
+    with _seeded(init_seed):
+        backend = build_backend(arch, num_classes=num_classes)
+        return VOneNet(vone_block, backend, arch=arch)
+
+
+def vonenet_from_backend(backend: nn.Module, *, init_seed: Optional[int] = 0, noise_seed: Optional[int] = None,
+                         config: Optional[VOneBlockConfig] = None, **vone_settings) -> VOneNet:
+    """Put a VOneBlock in front of any back-end whose first convolution takes the bottleneck output.
+
+    Strip the network's stem first, e.g.
+    ``vonenet_from_backend(strip_stem(torchvision.models.resnet18()))``. The bottleneck maps the
+    VOneBlock's channels to the input channels of the back-end's first remaining convolution.
+    """
+    vone_block = VOneBlock(config, noise_seed=noise_seed, **vone_settings)
+    with _seeded(init_seed):
+        return VOneNet(vone_block, backend, arch=None, bottleneck_channels=first_conv_in_channels(backend))

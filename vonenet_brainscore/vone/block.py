@@ -1,0 +1,202 @@
+"""The VOneBlock: a fixed-weight model of primate V1 (Gabor filter bank, simple and complex cells,
+gain, and Poisson-like neuronal noise)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .filters import GaborFilterBank, assign_colour_channels, gabor_kernels
+from .params import GaborParameters, sample_gabor_parameters
+
+NOISE_MODES = (None, 'neuronal', 'gaussian')
+# Added under the square root of the neuronal noise so its gradient stays finite at zero rate.
+NEURONAL_NOISE_EPS = 10e-5
+
+
+@dataclass(frozen=True)
+class VOneBlockConfig:
+    """Every setting that changes a VOneBlock's output. Defaults are the published VOneNets'."""
+
+    simple_channels: int = 256
+    complex_channels: int = 256
+    gabor_seed: int = 0
+    colour_seed: int = 0
+    rand_param: bool = False
+    sf_corr: float = 0.75
+    sf_max: float = 9
+    sf_min: float = 0
+    k_exc: float = 25
+    noise_mode: Optional[str] = 'neuronal'
+    noise_scale: float = 0.35
+    noise_level: float = 0.07
+    image_size: int = 224
+    visual_degrees: float = 8
+    ksize: int = 25
+    stride: int = 4
+
+    def __post_init__(self):
+        if self.noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
+        if self.simple_channels < 0 or self.complex_channels < 0 or self.out_channels == 0:
+            raise ValueError(f"channel counts must be >= 0 with at least one channel, got "
+                             f"simple={self.simple_channels}, complex={self.complex_channels}")
+        if self.ksize % 2 != 1:
+            raise ValueError(f"ksize must be odd so filters are centred, got {self.ksize}")
+        if self.noise_mode == 'neuronal' and self.noise_scale == 0:
+            raise ValueError("neuronal noise divides by noise_scale; it must be non-zero")
+
+    @property
+    def out_channels(self) -> int:
+        return self.simple_channels + self.complex_channels
+
+    @property
+    def pixels_per_degree(self) -> float:
+        return self.image_size / self.visual_degrees
+
+    def replace(self, **changes) -> 'VOneBlockConfig':
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            valid = ', '.join(f.name for f in dataclasses.fields(self))
+            raise TypeError(f"unknown VOneBlock setting(s) {sorted(unknown)}; valid settings: {valid}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class VOneBlock(nn.Module):
+    """Simple cells (rectified even-phase Gabor), complex cells (quadrature energy / sqrt 2), gain
+    ``k_exc``, then noise and a final rectification.
+
+    The two filter banks ``simple_conv_q0`` (phase) and ``simple_conv_q1`` (phase + 90 deg) are the
+    only state, so published checkpoints restore exactly the filters (and colour channels) they
+    were trained with. Noise comes from torch's global RNG unless ``noise_seed`` is given, in which
+    case the block owns its generator; ``fix_noise`` freezes one draw for deterministic evaluation.
+    """
+
+    def __init__(self, config: Optional[VOneBlockConfig] = None, *, noise_seed: Optional[int] = None,
+                 **settings):
+        super().__init__()
+        config = (config or VOneBlockConfig()).replace(**settings)
+        self.config = config
+        self.in_channels = 3
+        self.simple_channels = config.simple_channels
+        self.complex_channels = config.complex_channels
+        self.out_channels = config.out_channels
+        self.stride = config.stride
+        self.input_size = config.image_size
+        self.k_exc = config.k_exc
+        self.noise_mode = config.noise_mode
+        self.noise_scale = config.noise_scale
+        self.noise_level = config.noise_level
+
+        self.gabor_parameters = sample_gabor_parameters(
+            config.out_channels, seed=config.gabor_seed, rand_param=config.rand_param,
+            sf_corr=config.sf_corr, sf_max=config.sf_max, sf_min=config.sf_min)
+        self.simple_conv_q0 = GaborFilterBank(self.in_channels, self.out_channels, config.ksize, config.stride)
+        self.simple_conv_q1 = GaborFilterBank(self.in_channels, self.out_channels, config.ksize, config.stride)
+        self._initialize_filters(self.gabor_parameters, config)
+
+        # Named hook points, as in the original, so layer names such as 'vone_block.output' resolve.
+        self.simple = nn.ReLU(inplace=True)
+        self.complex = nn.Identity()
+        self.gabors = nn.Identity()
+        self.noise = nn.ReLU(inplace=True)
+        self.output = nn.Identity()
+
+        self.fixed_noise: Optional[torch.Tensor] = None
+        self._noise_seed = noise_seed
+        self._noise_generator: Optional[torch.Generator] = None
+
+    def _initialize_filters(self, params: GaborParameters, config: VOneBlockConfig) -> None:
+        """Convert degrees to pixels and fill both quadrature banks on seeded colour channels."""
+        sf_px = params.sf / config.pixels_per_degree
+        sigma_x, sigma_y = params.nx / sf_px, params.ny / sf_px
+        theta, phase = np.deg2rad(params.theta), np.deg2rad(params.phase)
+        generator = torch.Generator().manual_seed(config.colour_seed)
+        for bank, offset in ((self.simple_conv_q0, 0.0), (self.simple_conv_q1, np.pi / 2)):
+            kernels = gabor_kernels(sf_px, sigma_x, sigma_y, theta, phase + offset, config.ksize)
+            bank.initialize(kernels, assign_colour_channels(self.out_channels, self.in_channels, generator))
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, x):
+        x = self.gabors_f(x)
+        x = self.noise_f(x)
+        return self.output(x)
+
+    def gabors_f(self, x):
+        """Simple and complex cell responses times the gain, before noise."""
+        q0 = self.simple_conv_q0(x)
+        q1 = self.simple_conv_q1(x)
+        s = self.simple(q0[:, :self.simple_channels])
+        c = self.complex(torch.sqrt(q0[:, self.simple_channels:] ** 2 + q1[:, self.simple_channels:] ** 2)
+                         / np.sqrt(2))
+        return self.gabors(self.k_exc * torch.cat((s, c), 1))
+
+    def noise_f(self, x):
+        """Add noise in the block's mode, then rectify. The arithmetic order is the original's."""
+        if self.noise_mode == 'neuronal':
+            x = x * self.noise_scale  # not in place: never write into the caller's tensor
+            x += self.noise_level
+            x += self._standard_noise(x) * torch.sqrt(F.relu(x) + NEURONAL_NOISE_EPS)
+            x -= self.noise_level
+            x /= self.noise_scale
+        elif self.noise_mode == 'gaussian':
+            x = x + self._standard_noise(x) * self.noise_scale
+        return self.noise(x)
+
+    # --- noise control --------------------------------------------------------------------------
+    def _standard_noise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed_noise is not None:
+            batch = x.shape[0]
+            if batch > self.fixed_noise.shape[0] or self.fixed_noise.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"fixed noise has shape {tuple(self.fixed_noise.shape)} but the batch has shape "
+                    f"{tuple(x.shape)}; call fix_noise(batch_size={batch}) (or larger) for this input size")
+            return self.fixed_noise[:batch].to(device=x.device, dtype=x.dtype)
+        generator = self._generator_for(x.device)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def _generator_for(self, device: torch.device) -> Optional[torch.Generator]:
+        if self._noise_seed is None:
+            return None
+        if self._noise_generator is None or self._noise_generator.device != device:
+            self._noise_generator = torch.Generator(device=device).manual_seed(self._noise_seed)
+        return self._noise_generator
+
+    def reseed_noise(self, seed: Optional[int]) -> None:
+        """Restart the noise stream at ``seed`` (None: draw from torch's global RNG, as the original)."""
+        self._noise_seed = seed
+        self._noise_generator = None
+
+    def output_shape(self, image_size: Optional[int] = None) -> tuple:
+        size = image_size or self.input_size
+        side = (size + 2 * (self.config.ksize // 2) - self.config.ksize) // self.stride + 1
+        return self.out_channels, side, side
+
+    def fix_noise(self, batch_size: int = 256, seed: Optional[int] = 0, image_size: Optional[int] = None) -> None:
+        """Freeze one standard-normal draw so every forward pass sees the same noise.
+
+        With ``seed`` the draw equals the original's ``fix_noise(batch_size, seed)`` (for a non-zero
+        seed; the original ignores seed 0). A batch smaller than ``batch_size`` uses the first rows,
+        so image i of a batch gets the same noise whatever the batch size.
+        """
+        shape = (batch_size,) + self.output_shape(image_size)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = self.simple_conv_q0.weight.device
+        self.fixed_noise = torch.randn(shape, generator=generator).to(device) if self.noise_mode else None
+
+    def unfix_noise(self) -> None:
+        self.fixed_noise = None
+
+    def extra_repr(self):
+        c = self.config
+        return (f'simple={c.simple_channels}, complex={c.complex_channels}, k_exc={c.k_exc}, '
+                f'noise_mode={c.noise_mode!r}, noise_scale={c.noise_scale}, noise_level={c.noise_level}, '
+                f'gabor_seed={c.gabor_seed}, colour_seed={c.colour_seed}')
