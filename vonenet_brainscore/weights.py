@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -39,16 +38,17 @@ def read_checkpoint(path, map_location='cpu') -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if 'weights only load failed' in str(error).lower() and 'unsupported' in str(error).lower():
+        needs_pickle = [line.strip() for line in str(error).splitlines() if 'Unsupported global' in line]
+        if needs_pickle:
             raise CheckpointError(
-                f"{path} holds Python objects that only a full pickle load can rebuild, and pickle "
-                f"can run arbitrary code, so it is refused. A VOneNet checkpoint holds only tensors "
-                f"and plain values; re-save it from a trusted session as "
-                f"torch.save({{'flags': dict, 'epoch': int, 'state_dict': model.state_dict()}}, path). "
-                f"Detail: {str(error).splitlines()[-1] if str(error) else error}") from error
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({error}); "
-                              f"delete it and download or copy it again") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+                f"{path} holds Python objects that only a full pickle load can rebuild "
+                f"({needs_pickle[0].split('Unsupported global:')[-1].split(' was ')[0].strip()}); pickle can "
+                f"run arbitrary code, so the file is refused. A VOneNet checkpoint holds only tensors and "
+                f"plain values: re-save it from a trusted session as torch.save({{'flags': dict(flags), "
+                f"'epoch': epoch, 'state_dict': model.state_dict()}}, path)") from error
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint; delete it and download or "
+                              f"copy it again") from error
+    except Exception as error:  # the safe unpickler raises anything from EOFError to IndexError on garbage
         raise CheckpointError(f"{path} is truncated, corrupt or not a PyTorch checkpoint ({error}); "
                               f"delete it and download or copy it again") from error
     if not isinstance(checkpoint, Mapping) or 'state_dict' not in checkpoint:
@@ -66,14 +66,14 @@ def normalise_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
             if (key[len('module.'):] if prefixed else key) not in IGNORED_KEYS}
 
 
-def config_from_flags(flags: Mapping, **overrides) -> tuple[str, VOneBlockConfig]:
+def config_from_flags(flags: Mapping, source: str = 'checkpoint', **overrides) -> tuple[str, VOneBlockConfig]:
     """Back-end name and VOneBlock settings from a checkpoint's ``flags`` (overrides win)."""
     raw_arch = flags.get('arch', flags.get('model_arch'))
     if raw_arch is None:
-        raise CheckpointError(f"checkpoint flags name no architecture ('arch'); flags: {sorted(flags)}")
+        raise CheckpointError(f"{source}: flags name no architecture ('arch'); flags: {sorted(flags)}")
     key = str(raw_arch).replace('_', '').replace('-', '').lower()
     if key not in ARCH_ALIASES:
-        raise CheckpointError(f"checkpoint is for architecture {raw_arch!r}, which this package does not "
+        raise CheckpointError(f"{source} is for architecture {raw_arch!r}, which this package does not "
                               f"build; known: {sorted(set(ARCH_ALIASES.values()))}")
     settings = {name: flags[name] for name in _CONFIG_FIELDS if name in flags}
     if 'noise_mode' in settings and settings['noise_mode'] in ('None', 'none', ''):
@@ -88,7 +88,7 @@ def model_from_checkpoint(checkpoint: Mapping, source: str = 'checkpoint', expec
     flags = checkpoint.get('flags') or {}
     if not isinstance(flags, Mapping):
         raise CheckpointError(f"{source}: 'flags' must be a dict of training arguments, got {type(flags).__name__}")
-    arch, config = config_from_flags(flags, **overrides)
+    arch, config = config_from_flags(flags, source, **overrides)
     if expected_arch is not None and arch != expected_arch:
         raise CheckpointError(f"{source} is a {arch} checkpoint but a {expected_arch} model was requested; "
                               f"pick the matching model name or file")

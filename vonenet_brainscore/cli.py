@@ -1,0 +1,170 @@
+"""``vonenet-brainscore``: one verb per job. Thin: parse, call the library, print (and plot)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable, Dict
+
+# Brain-Score otherwise pip-installs plugin requirements into whatever Python is on PATH, and
+# probes cloud metadata for ~90 s before any S3 failure.
+os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
+os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
+
+from . import errors  # noqa: E402
+
+VERBS: Dict[str, Callable] = {}
+
+
+def verb(name: str, help: str):
+    """Register ``function(args)`` as sub-command ``name``; ``function.arguments(parser)`` adds options."""
+    def decorate(function):
+        function.verb_help = help
+        VERBS[name] = function
+        return function
+    return decorate
+
+
+# --- models ---------------------------------------------------------------------------------------
+@verb('models', 'list the published VOneNets and whether their weights are cached')
+def models_command(args):
+    from .zoo import CATALOGUE
+    rows = [(r.name, r.arch, 'cached' if r.cache_path.exists() else 'not cached', r.description)
+            for r in CATALOGUE.values()]
+    _print_table(('model', 'back-end', 'weights', 'description'), rows)
+
+
+models_command.arguments = lambda parser: None
+
+
+# --- info -----------------------------------------------------------------------------------------
+@verb('info', 'build a model and print its summary (layers, VOneBlock settings, output shapes)')
+def info_command(args):
+    import torch
+    model, weights = _load_model(args)
+    config = model.vone_block.config
+    with torch.no_grad():
+        v1 = model.vone_block.output_shape()
+        logits = model(torch.zeros(1, 3, config.image_size, config.image_size)).shape[1:]
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"model        {args.model} ({model.arch} back-end)")
+    print(f"weights      {weights}")
+    print(f"parameters   {params:,} ({trainable:,} trainable; the VOneBlock is fixed)")
+    print(f"input        3 x {config.image_size} x {config.image_size} px = {config.visual_degrees} deg, "
+          f"mean = std = 0.5")
+    print(f"V1 output    {' x '.join(map(str, v1))} (vone_block)")
+    print(f"logits       {tuple(logits)}")
+    print("VOneBlock    " + ', '.join(f"{k}={v}" for k, v in config.as_dict().items()))
+    print("stages       " + ', '.join(name for name, _ in model.named_children())
+          + ' | back-end: ' + ', '.join(name for name, _ in model.model.named_children()))
+
+
+def _model_arguments(parser):
+    parser.add_argument('model', help='published model name (see `vonenet-brainscore models`)')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--weights', metavar='PATH', help='checkpoint file in the published training format')
+    source.add_argument('--untrained', action='store_true',
+                        help='seeded VOneBlock and randomly initialised back-end (no weights needed)')
+    parser.add_argument('--no-noise', action='store_true', help='switch the VOneBlock noise off')
+
+
+def _info_arguments(parser):
+    _model_arguments(parser)
+    parser.set_defaults(allow_untrained=True)  # a summary is useful even when weights cannot be had
+
+
+info_command.arguments = _info_arguments
+
+
+def _load_model(args):
+    """The requested model, and a line saying where its weights came from."""
+    from .zoo import get_model, model_record
+    overrides = {'noise_mode': None} if args.no_noise else {}
+    record = model_record(args.model)
+    if args.untrained:
+        return get_model(args.model, pretrained=False, **overrides), 'none (untrained back-end, seeded)'
+    if args.weights:
+        return get_model(args.model, weights_path=args.weights, **overrides), args.weights
+    if getattr(args, 'allow_untrained', False) and not record.cache_path.exists():
+        try:
+            return get_model(args.model, **overrides), str(record.cache_path)
+        except errors.WeightsUnavailableError as error:
+            logging.getLogger(__name__).warning('%s', error)
+            return (get_model(args.model, pretrained=False, **overrides),
+                    f'NOT LOADED: {record.url} unreachable; showing the untrained architecture')
+    return get_model(args.model, **overrides), str(record.cache_path)
+
+
+# --- classify -------------------------------------------------------------------------------------
+@verb('classify', 'classify images with a VOneNet and print the top ImageNet labels')
+def classify_command(args):
+    import torch
+    from .preprocessing import imagenet_categories, load_batch
+    model, weights = _load_model(args)
+    if args.untrained:
+        print('warning: untrained back-end, labels are meaningless', file=sys.stderr)
+    images = load_batch(args.images, model.image_size)
+    with torch.no_grad():
+        probabilities = model(images).softmax(dim=1)
+    categories = imagenet_categories()
+    results = []
+    for path, p in zip(args.images, probabilities):
+        top = p.topk(args.top)
+        labels = [{'label': categories[i], 'index': int(i), 'probability': float(v)}
+                  for v, i in zip(top.values, top.indices)]
+        results.append({'image': str(path), 'top': labels})
+        print(path)
+        for entry in labels:
+            print(f"  {entry['probability']:6.3f}  {entry['label']}")
+    if args.json:
+        print(json.dumps({'model': args.model, 'weights': weights, 'results': results}, indent=2))
+
+
+def _classify_arguments(parser):
+    _model_arguments(parser)
+    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('--top', type=int, default=5, help='labels to show per image (default 5)')
+    parser.add_argument('--json', action='store_true', help='also print the results as JSON')
+
+
+classify_command.arguments = _classify_arguments
+
+
+# --- plumbing -------------------------------------------------------------------------------------
+def _print_table(header, rows):
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    line = lambda values: '  '.join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip()
+    print(line(header))
+    print(line(['-' * w for w in widths]))
+    for row in rows:
+        print(line(row))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='vonenet-brainscore', description=__doc__.split('\n')[0])
+    parser.add_argument('-v', '--verbose', action='store_true', help='log progress details')
+    sub = parser.add_subparsers(dest='verb', metavar='VERB', required=True)
+    for name, function in VERBS.items():
+        verb_parser = sub.add_parser(name, help=function.verb_help, description=function.verb_help)
+        function.arguments(verb_parser)
+        verb_parser.set_defaults(run=function)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')
+    try:
+        args.run(args)
+    except errors.VOneNetError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
