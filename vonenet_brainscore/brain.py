@@ -1,0 +1,241 @@
+"""VOneNets as Brain-Score ``BrainModel``s, following the commitments in ``commitments/``.
+
+``brain_model('vonenet-resnet50')`` loads the published weights when it can. Without them (no
+network, no cached file) it builds the seeded VOneBlock with an untrained back-end, warns, and
+tags its identifier ``-untrained``, so no score is mistaken for the trained model's.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Never let Brain-Score pip-install requirements or stall on cloud metadata probes.
+os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
+os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
+
+from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly, walk_coords  # noqa: E402
+from brainscore_vision.model_helpers.brain_transformation.behavior import (  # noqa: E402
+    BehaviorArbiter, LabelBehavior, OddOneOut, ProbabilitiesMapping)
+from brainscore_vision.model_interface import BrainModel  # noqa: E402
+
+from .commitments_io import Commitment, load_commitment  # noqa: E402
+from .errors import CommitmentError, UnknownModelError, WeightsUnavailableError  # noqa: E402
+from .extraction import VOneNetActivations  # noqa: E402
+from .preprocessing import brainscore_preprocessing  # noqa: E402
+from .zoo import get_model, list_models, model_record  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+NONOISE_SUFFIX = '-nonoise'
+UNTRAINED_TAG = '-untrained'
+
+
+@dataclass(frozen=True)
+class BrainModelSpec:
+    """A Brain-Score identifier: which published model, and whether its VOneBlock noise is on."""
+
+    identifier: str
+    model: str
+    noise: bool
+
+
+def _identifier(model: str, noise: bool) -> str:
+    return 'vonenet-' + model.replace('_', '-') + ('' if noise else NONOISE_SUFFIX)
+
+
+IDENTIFIERS: Dict[str, BrainModelSpec] = {
+    _identifier(model, noise): BrainModelSpec(_identifier(model, noise), model, noise)
+    for model in list_models() for noise in (True, False)}
+
+
+def list_identifiers() -> List[str]:
+    return list(IDENTIFIERS)
+
+
+def spec(identifier: str) -> BrainModelSpec:
+    try:
+        return IDENTIFIERS[identifier]
+    except KeyError:
+        raise UnknownModelError(f"unknown brain model {identifier!r}; available: {', '.join(IDENTIFIERS)}") from None
+
+
+def region_layer_map(identifier: str) -> Dict[str, str]:
+    """The committed region -> layer map of a brain model (from commitments/)."""
+    return dict(load_commitment(spec(identifier).model).region_layers)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, 'rb') as file:
+        for chunk in iter(lambda: file.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, progress: bool):
+    """The network, and a short description of its weights for the cache identifier."""
+    overrides = {} if model_spec.noise else {'noise_mode': None}
+    if not pretrained:
+        return get_model(model_spec.model, pretrained=False, **overrides), 'untrained-init0'
+    record = model_record(model_spec.model)
+    try:
+        network = get_model(model_spec.model, weights_path=weights_path, progress=progress, **overrides)
+    except WeightsUnavailableError as error:
+        message = (f"{model_spec.identifier}: published weights unavailable, so the back-end is UNTRAINED "
+                   f"(seeded VOneBlock, random back-end); its identifier is tagged '{UNTRAINED_TAG}' and its "
+                   f"scores are not those of the published model. {error}")
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        logger.warning(message)
+        return get_model(model_spec.model, pretrained=False, **overrides), 'untrained-init0'
+    path = Path(weights_path) if weights_path is not None else record.cache_path
+    return network, f'sha1-{_file_digest(path)}'
+
+
+def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, noise_seed: int = 0,
+                batch_size: int = 16, device: Optional[str] = None, region_map: Optional[str] = None,
+                region_layers: Optional[Dict[str, str]] = None, progress: bool = True) -> 'VOneNetBrainModel':
+    """A Brain-Score BrainModel for ``identifier`` (see ``list_identifiers()``).
+
+    ``weights_path``: a local checkpoint in the published format. ``pretrained=False``: the
+    untrained model on purpose. ``noise_seed`` seeds the VOneBlock noise draws. ``region_map``
+    picks an alternative map from the commitments (e.g. ``'voneresnet-50'``, Brain-Score's
+    layer-selected one) and ``region_layers`` overrides single regions (e.g. ``{'V1': 'bottleneck'}``).
+    """
+    model_spec = spec(identifier)
+    commitment = load_commitment(model_spec.model)
+    if region_map is not None:
+        commitment = commitment.with_region_map(region_map)
+    if region_layers:
+        from dataclasses import replace
+        commitment = replace(commitment, region_layers={**commitment.region_layers, **region_layers},
+                             time_bins=None if commitment.time_bins is None else
+                             {r: b for r, b in commitment.time_bins.items() if r not in region_layers})
+    network, weights = _load_network(model_spec, weights_path, pretrained, progress)
+    commitment.check_layers(network)
+    public_identifier = identifier + (UNTRAINED_TAG if weights.startswith('untrained') else '')
+    config = network.vone_block.config
+    settings = [f'weights={weights}', f'noise={config.noise_mode}', f'gabor_seed={config.gabor_seed}',
+                f'colour_seed={config.colour_seed}']
+    if config.noise_mode is not None:
+        settings += [f'noise_scale={config.noise_scale}', f'noise_level={config.noise_level}',
+                     f'noise_seed={noise_seed}']
+    if region_map is not None or region_layers:
+        settings.append('map=' + ','.join(f'{r}:{l}' for r, l in commitment.region_layers.items()))
+    activations = VOneNetActivations(
+        network, identifier=f"{public_identifier}[{','.join(settings)}]",
+        preprocessing=brainscore_preprocessing(commitment.image_size), batch_size=batch_size,
+        noise_seed=noise_seed, device=device)
+    return VOneNetBrainModel(public_identifier, activations, commitment)
+
+
+class VOneNetBrainModel(BrainModel):
+    """Regions record from their committed layers; recurrent areas map time steps to time bins;
+    behaviour reads the committed readout layer (and the logits for ImageNet labels)."""
+
+    def __init__(self, identifier: str, activations_model: VOneNetActivations, commitment: Commitment):
+        self._identifier = identifier
+        self.activations_model = activations_model
+        self.commitment = commitment
+        activations_model._extractor.set_visual_degrees(commitment.visual_degrees)  # for microsaccades
+        readout = commitment.behavioral_readout_layer
+        self.behavior_model = BehaviorArbiter({
+            BrainModel.Task.label: LabelBehavior(identifier, activations_model),
+            BrainModel.Task.probabilities: ProbabilitiesMapping(identifier, activations_model, readout),
+            BrainModel.Task.odd_one_out: OddOneOut(identifier, activations_model, readout),
+        })
+        self.do_behavior = False
+        self.recording_region: Optional[str] = None
+        self.recording_time_bins: Optional[List[Tuple[int, int]]] = None
+
+    @property
+    def identifier(self) -> str:
+        return self._identifier
+
+    @property
+    def network(self):
+        return self.activations_model._model
+
+    def visual_degrees(self) -> float:
+        return self.commitment.visual_degrees
+
+    def start_task(self, task: BrainModel.Task, *args, **kwargs):
+        if task == BrainModel.Task.passive:
+            self.do_behavior = False
+            return
+        self.behavior_model.start_task(task, *args, **kwargs)
+        self.do_behavior = True
+
+    def start_recording(self, recording_target: str, time_bins: Sequence[Tuple[int, int]]):
+        self.commitment.layer(recording_target)  # raises CommitmentError for an uncommitted region
+        bins = [tuple(int(t) for t in np.asarray(b).tolist()) for b in time_bins]
+        if not bins:
+            raise ValueError("start_recording needs at least one (start, end) time bin")
+        self.recording_region, self.recording_time_bins = recording_target, bins
+        self.do_behavior = False
+
+    def look_at(self, stimuli, number_of_trials: int = 1, require_variance: bool = False):
+        """Responses to ``stimuli``. A stochastic model averages ``number_of_trials`` noise draws, or
+        with ``require_variance`` returns every draw (trial-level presentations)."""
+        trials = 1 if require_variance else number_of_trials
+        with self.activations_model.trials(trials):
+            if self.do_behavior:
+                return self.behavior_model.look_at(stimuli, number_of_trials=number_of_trials,
+                                                   require_variance=require_variance)
+            if self.recording_region is None:
+                raise CommitmentError("call start_recording(region, time_bins) or start_task(...) before look_at")
+            return self._record(stimuli, number_of_trials, require_variance)
+
+    def _record(self, stimuli, number_of_trials, require_variance):
+        region = self.recording_region
+        layer = self.commitment.layer(region)
+        step_bins = self.commitment.region_time_bins(region)
+        layers = [layer] if not step_bins else [f'{layer}-t{step}' for step in range(len(step_bins))]
+        activations = self.activations_model(stimuli, layers=layers, number_of_trials=number_of_trials,
+                                             require_variance=require_variance)
+        if step_bins:
+            chosen = [nearest_step(step_bins, requested) for requested in self.recording_time_bins]
+            responses = _per_time_bin(activations, layer, chosen, self.recording_time_bins)
+        else:
+            responses = _per_time_bin(activations, layer, [None] * len(self.recording_time_bins),
+                                      self.recording_time_bins)
+        responses['region'] = 'neuroid', [region] * responses.sizes['neuroid']
+        return responses
+
+
+def nearest_step(step_bins: Sequence[Tuple[int, int]], requested: Tuple[int, int]) -> int:
+    """The recurrent step whose committed time bin has its centre nearest the requested bin's."""
+    centre = (requested[0] + requested[1]) / 2
+    return int(np.argmin([abs((start + end) / 2 - centre) for start, end in step_bins]))
+
+
+def _per_time_bin(activations, layer: str, steps: List[Optional[int]], time_bins) -> NeuroidAssembly:
+    """presentation x neuroid (one bin) or presentation x neuroid x time_bin, from per-step layers."""
+    layer_coord = activations['layer'].values
+
+    def block(step):
+        if step is None:
+            return activations
+        return activations.isel(neuroid=np.flatnonzero(layer_coord == f'{layer}-t{step}'))
+
+    first = block(steps[0])
+    coords = {}
+    for coord, dims, values in walk_coords(first):
+        if coord == 'layer':
+            values = np.full(len(values), layer, dtype=object)
+        elif coord == 'neuroid_id' and steps[0] is not None:
+            values = np.array([v.replace(f'{layer}-t{steps[0]}', layer, 1) for v in values], dtype=object)
+        coords[coord] = (dims, values)
+    first = first.transpose('presentation', 'neuroid')
+    if len(time_bins) == 1:
+        return NeuroidAssembly(first.values, coords=coords, dims=['presentation', 'neuroid'])
+    data = np.stack([block(step).transpose('presentation', 'neuroid').values for step in steps], axis=-1)
+    coords['time_bin_start'] = ('time_bin', [b[0] for b in time_bins])
+    coords['time_bin_end'] = ('time_bin', [b[1] for b in time_bins])
+    return NeuroidAssembly(data, coords=coords, dims=['presentation', 'neuroid', 'time_bin'])

@@ -1,0 +1,114 @@
+"""Read and check the layer-to-region commitments kept as data in ``commitments/<model>.json``."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Dict, List, Optional, Tuple
+
+from torch import nn
+
+from .errors import CommitmentError
+
+REGIONS = ('V1', 'V2', 'V4', 'IT')
+TimeBin = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """What a brain model commits to: which layer is which region, when, and how images are shown."""
+
+    model: str
+    region_layers: Dict[str, str]
+    behavioral_readout_layer: str
+    candidate_layers: List[str]
+    visual_degrees: float
+    image_size: int
+    normalize_mean: Tuple[float, float, float]
+    normalize_std: Tuple[float, float, float]
+    time_bins: Optional[Dict[str, List[TimeBin]]]
+    alternative_region_maps: Dict[str, Dict[str, str]]
+    source: str
+
+    def layer(self, region: str) -> str:
+        if region not in self.region_layers:
+            raise CommitmentError(f"{self.model} commits no layer to region {region!r}; committed regions: "
+                                  f"{', '.join(self.region_layers)}")
+        return self.region_layers[region]
+
+    def region_time_bins(self, region: str) -> Optional[List[TimeBin]]:
+        """One (start, end) ms bin per recurrent step of the region's layer; None if feed-forward."""
+        if self.time_bins is None:
+            return None
+        return self.time_bins.get(region)
+
+    def with_region_map(self, name: str) -> 'Commitment':
+        """The same commitment with one of the alternative region maps (e.g. Brain-Score's bundled one)."""
+        if name not in self.alternative_region_maps:
+            raise CommitmentError(f"{self.model} has no alternative region map {name!r}; available: "
+                                  f"{sorted(self.alternative_region_maps) or 'none'}")
+        from dataclasses import replace
+        # Alternative maps are layer-selected for feed-forward readout: no per-step time bins.
+        return replace(self, region_layers=dict(self.alternative_region_maps[name]), time_bins=None)
+
+    def check_layers(self, model: nn.Module) -> None:
+        """Fail early, naming the layer, if the map points at a module the model does not have."""
+        names = {name for name, _ in model.named_modules()}
+        used = {**{f'region {r}': layer for r, layer in self.region_layers.items()},
+                'behavioural readout': self.behavioral_readout_layer,
+                **{f'candidate {layer}': layer for layer in self.candidate_layers}}
+        missing = {what: layer for what, layer in used.items() if layer not in names}
+        if missing:
+            raise CommitmentError(f"{self.source}: {', '.join(f'{w} -> {l!r}' for w, l in missing.items())} "
+                                  f"not found in the model; layer names look like "
+                                  f"{sorted(n for n in names if n.count('.') <= 1 and n)[:8]}")
+
+
+def available_commitments() -> List[str]:
+    return sorted(p.name[:-len('.json')] for p in resources.files('vonenet_brainscore.commitments').iterdir()
+                  if p.name.endswith('.json'))
+
+
+def load_commitment(model: str) -> Commitment:
+    """The commitment of a published model (``resnet50``, ``cornets``, ...)."""
+    file = resources.files('vonenet_brainscore.commitments') / f'{model}.json'
+    if not file.is_file():
+        raise CommitmentError(f"no commitments file for model {model!r}; available: {available_commitments()}")
+    return parse_commitment(json.loads(file.read_text()), source=f'commitments/{model}.json')
+
+
+def parse_commitment(data: dict, source: str = 'commitment') -> Commitment:
+    """Validate a commitments dict (as read from JSON) and turn it into a Commitment."""
+    def need(key):
+        if key not in data:
+            raise CommitmentError(f"{source} lacks the required entry {key!r}")
+        return data[key]
+
+    regions = need('regions')
+    if not isinstance(regions, dict) or not regions:
+        raise CommitmentError(f"{source}: 'regions' must map region names to {{'layer': ...}}")
+    unknown = set(regions) - set(REGIONS)
+    if unknown:
+        raise CommitmentError(f"{source}: unknown region(s) {sorted(unknown)}; regions are {REGIONS}")
+    region_layers = {}
+    for region, entry in regions.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get('layer'), str):
+            raise CommitmentError(f"{source}: region {region} needs a 'layer' string")
+        region_layers[region] = entry['layer']
+    preprocessing = need('preprocessing')
+    time_bins = data.get('time_bins')
+    if time_bins is not None:
+        time_bins = {region: [tuple(int(t) for t in b) for b in bins] for region, bins in time_bins.items()}
+        for region, bins in time_bins.items():
+            if region not in region_layers or any(len(b) != 2 or b[0] >= b[1] for b in bins):
+                raise CommitmentError(f"{source}: time bins of {region} must be (start, end) pairs with start < end "
+                                      f"for a committed region")
+    return Commitment(
+        model=need('model'), region_layers=region_layers,
+        behavioral_readout_layer=need('behavioral_readout_layer'),
+        candidate_layers=list(need('candidate_layers')), visual_degrees=float(need('visual_degrees')),
+        image_size=int(preprocessing['image_size']),
+        normalize_mean=tuple(preprocessing['normalize_mean']), normalize_std=tuple(preprocessing['normalize_std']),
+        time_bins=time_bins,
+        alternative_region_maps={name: dict(m['regions']) for name, m in data.get('alternative_region_maps', {}).items()},
+        source=source)
