@@ -217,6 +217,8 @@ def nearest_step(step_bins: Sequence[Tuple[int, int]], requested: Tuple[int, int
 
 def _per_time_bin(activations, layer: str, steps: List[Optional[int]], time_bins) -> NeuroidAssembly:
     """presentation x neuroid (one bin) or presentation x neuroid x time_bin, from per-step layers."""
+    if steps == [None]:  # feed-forward, one bin: the extractor's assembly is already the answer
+        return activations
     layer_coord = activations['layer'].values
 
     def block(step):

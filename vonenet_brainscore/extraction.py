@@ -56,8 +56,24 @@ class LeanExtractor(ActivationsExtractorHelper):
                  require_variance: bool = False):
         if not require_variance:  # Brain-Score keeps the last call's trial count; a plain call has one
             self._microsaccade_helper.number_of_trials = 1
-        return super().__call__(stimuli, layers, stimuli_identifier=stimuli_identifier,
-                                number_of_trials=number_of_trials, require_variance=require_variance)
+        handle = self.register_batch_activations_hook(self._image_major) \
+            if require_variance and number_of_trials > 1 else None
+        try:
+            return super().__call__(stimuli, layers, stimuli_identifier=stimuli_identifier,
+                                    number_of_trials=number_of_trials, require_variance=require_variance)
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def _image_major(self, batch_activations):
+        """Reorder a batch's rows from trial-major (how Brain-Score computes them) to image-major (how
+        it labels them: each path repeated once per trial), so every row carries its own image's label."""
+        trials = self._microsaccade_helper.number_of_trials
+        reordered = OrderedDict()
+        for layer, values in batch_activations.items():
+            images = values.shape[0] // trials
+            reordered[layer] = values.reshape((trials, images) + values.shape[1:]).swapaxes(0, 1).reshape(values.shape)
+        return reordered
 
     def _pad(self, batch_images, batch_size):
         return batch_images, 0

@@ -46,10 +46,21 @@ def load_batch(paths: Iterable, image_size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def brainscore_preprocessing(image_size: int = IMAGE_SIZE):
-    """Brain-Score's loader (whole image resized to size x size) with VOneNet normalisation."""
+    """Brain-Score's loader (whole image resized to size x size) with VOneNet normalisation.
+
+    A file that cannot be read raises StimulusError naming it (Brain-Score's loader would raise
+    a bare PIL or OS error from deep inside the extraction).
+    """
     from brainscore_vision.model_helpers.activations.pytorch import load_preprocess_images
-    return functools.partial(load_preprocess_images, image_size=image_size, normalize_mean=MEAN,
-                             normalize_std=STD)
+
+    def preprocess(paths):
+        try:
+            return load_preprocess_images(paths, image_size=image_size, normalize_mean=MEAN, normalize_std=STD)
+        except Exception as error:
+            for path in paths:
+                load_image(path)  # raises StimulusError for the first unreadable file
+            raise StimulusError(f"images could not be preprocessed ({error})") from error
+    return preprocess
 
 
 @functools.lru_cache(maxsize=1)
