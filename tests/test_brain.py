@@ -9,6 +9,7 @@ from brainscore_vision.model_interface import BrainModel
 
 from vonenet_brainscore.brain import IDENTIFIERS, brain_model, nearest_step, region_layer_map
 from vonenet_brainscore.commitments_io import load_commitment
+from vonenet_brainscore.extraction import image_digest
 from vonenet_brainscore.errors import CommitmentError, StimulusError, UnknownModelError
 from vonenet_brainscore.preprocessing import brainscore_preprocessing
 
@@ -79,7 +80,8 @@ def test_each_region_records_its_committed_layer(resnet_nonoise, stimuli, region
 def test_v1_is_the_vone_block_and_the_backend_never_runs(resnet_nonoise, stimuli):
     counted = []
     handles = [resnet_nonoise.network.model.layer1.register_forward_hook(lambda *a: counted.append('layer1')),
-               resnet_nonoise.network.vone_block.register_forward_hook(lambda m, i, o: counted.append(i[0].shape[0]))]
+               resnet_nonoise.network.vone_block.simple_conv_q0.register_forward_hook(
+                   lambda m, i, o: counted.append(i[0].shape[0]))]
     resnet_nonoise.start_recording('V1', [(50, 100)])
     responses = resnet_nonoise.look_at(stimuli)
     for handle in handles:
@@ -245,3 +247,34 @@ def test_look_at_before_recording_is_a_clear_error():
     model = brain_model('vonenet-alexnet-nonoise', pretrained=False)
     with pytest.raises(CommitmentError, match='start_recording'):
         model.look_at(StimulusSet({'stimulus_id': []}))
+
+
+def test_v1_window_equals_the_full_map_at_those_units(stimuli):
+    full = brain_model('vonenet-resnet50-nonoise', pretrained=False)
+    window = full.network.vone_block.units_within((0.5, 0.5), 0.85)
+    cropped = brain_model('vonenet-resnet50-nonoise', pretrained=False, v1_window=window)
+    assert cropped.activations_model.identifier.endswith('v1_window=' + ':'.join(map(str, window)))
+    for model in (full, cropped):
+        model.start_recording('V1', [(70, 170)])
+    full_map = full.look_at(stimuli).values.reshape(len(stimuli), 512, 56, 56)
+    r0, r1, c0, c1 = window
+    assert (r1 - r0, c1 - c0) == (12, 12)
+    expected = full_map[:, :, r0:r1, c0:c1].reshape(len(stimuli), -1)
+    np.testing.assert_allclose(cropped.look_at(stimuli).values, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_v1_fast_path_equals_the_full_forward_with_noise(stimuli):
+    model = brain_model('vonenet-resnet50', pretrained=False)
+    model.start_recording('V1', [(70, 170)])
+    fast = model.look_at(stimuli, number_of_trials=2).values
+    images = np.stack(brainscore_preprocessing(224)([str(stimuli.get_stimulus(s)) for s in stimuli['stimulus_id']]))
+    activations = model.activations_model
+    block = model.network.vone_block
+    draws = []
+    for trial in range(2):
+        digests = [image_digest(image) for image in images]
+        block.fixed_noise = activations._trial_noise(digests, trial, block.output_shape())
+        with torch.no_grad():
+            draws.append(block(torch.from_numpy(images)).flatten(1).numpy())
+        block.fixed_noise = None
+    np.testing.assert_allclose(fast, np.mean(draws, axis=0), rtol=1e-5, atol=1e-4)

@@ -100,13 +100,19 @@ def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, pr
 
 def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, noise_seed: int = 0,
                 batch_size: int = 16, device: Optional[str] = None, region_map: Optional[str] = None,
-                region_layers: Optional[Dict[str, str]] = None, progress: bool = True) -> 'VOneNetBrainModel':
+                region_layers: Optional[Dict[str, str]] = None, progress: bool = True,
+                v1_window: Optional[Tuple[int, int, int, int]] = None,
+                identify_by_settings: bool = False) -> 'VOneNetBrainModel':
     """A Brain-Score BrainModel for ``identifier`` (see ``list_identifiers()``).
 
     ``weights_path``: a local checkpoint in the published format. ``pretrained=False``: the
     untrained model on purpose. ``noise_seed`` seeds the VOneBlock noise draws. ``region_map``
     picks an alternative map from the commitments (e.g. ``'voneresnet-50'``, Brain-Score's
     layer-selected one) and ``region_layers`` overrides single regions (e.g. ``{'V1': 'bottleneck'}``).
+    ``v1_window`` = (r0, r1, c0, c1) records V1 (the VOneBlock) only at those output units, computing
+    only them (see ``VOneBlock.units_within``). ``identify_by_settings`` makes the model's identifier
+    the full settings string, for result caches keyed by model identifier (Brain-Score's property
+    benchmarks cache per model identifier).
     """
     model_spec = spec(identifier)
     commitment = load_commitment(model_spec.model)
@@ -128,19 +134,29 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
                      f'noise_seed={noise_seed}']
     if region_map is not None or region_layers:
         settings.append('map=' + ','.join(f'{r}:{l}' for r, l in commitment.region_layers.items()))
+    # Result caches use identifiers in file names, so the settings enter as a short digest.
+    description = ','.join(settings)
+    digest = hashlib.sha1(description.encode()).hexdigest()[:10]
     activations = VOneNetActivations(
-        network, identifier=f"{public_identifier}[{','.join(settings)}]",
+        network, identifier=f"{public_identifier}@{digest}",
         preprocessing=brainscore_preprocessing(commitment.image_size), batch_size=batch_size,
         noise_seed=noise_seed, device=device)
-    return VOneNetBrainModel(public_identifier, activations, commitment)
+    activations.settings_description = description
+    if v1_window is not None:
+        if commitment.layer('V1') not in ('vone_block', 'vone_block.output'):
+            raise CommitmentError(f"v1_window crops the VOneBlock, but V1 is committed to {commitment.layer('V1')!r}")
+        activations.set_v1_window(v1_window)
+    return VOneNetBrainModel(public_identifier, activations, commitment, identify_by_settings)
 
 
 class VOneNetBrainModel(BrainModel):
     """Regions record from their committed layers; recurrent areas map time steps to time bins;
     behaviour reads the committed readout layer (and the logits for ImageNet labels)."""
 
-    def __init__(self, identifier: str, activations_model: VOneNetActivations, commitment: Commitment):
+    def __init__(self, identifier: str, activations_model: VOneNetActivations, commitment: Commitment,
+                 identify_by_settings: bool = False):
         self._identifier = identifier
+        self._identify_by_settings = identify_by_settings
         self.activations_model = activations_model
         self.commitment = commitment
         activations_model._extractor.set_visual_degrees(commitment.visual_degrees)  # for microsaccades
@@ -156,7 +172,7 @@ class VOneNetBrainModel(BrainModel):
 
     @property
     def identifier(self) -> str:
-        return self._identifier
+        return self.activations_model.settings_identifier if self._identify_by_settings else self._identifier
 
     @property
     def network(self):

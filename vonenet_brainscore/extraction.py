@@ -16,7 +16,7 @@ import logging
 import re
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
 logger = logging.getLogger(__name__)
 
 _TIME_STEP = re.compile(r'-t(\d+)$')
+V1_LAYERS = {'vone_block', 'vone_block.output'}
 
 
 class _StopForward(Exception):
@@ -40,11 +41,15 @@ def split_time_step(layer: str):
     return (layer[:match.start()], int(match.group(1))) if match else (layer, None)
 
 
-def image_noise_seed(base_seed: int, trial: int, image: np.ndarray) -> int:
-    """A 63-bit seed from the noise seed, the trial and the image's bytes."""
-    digest = hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=8,
-                             key=f'{base_seed}:{trial}'.encode()).digest()
-    return int.from_bytes(digest, 'little') >> 1
+def image_digest(image: np.ndarray) -> bytes:
+    """A fingerprint of an image's content: noise belongs to the image, not to its batch position."""
+    return hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).digest()
+
+
+def image_noise_seed(base_seed: int, trial: int, digest: bytes) -> int:
+    """A 63-bit seed from the noise seed, the trial and the image's fingerprint."""
+    key = hashlib.blake2b(digest, digest_size=8, key=f'{base_seed}:{trial}'.encode()).digest()
+    return int.from_bytes(key, 'little') >> 1
 
 
 class LeanExtractor(ActivationsExtractorHelper):
@@ -75,6 +80,14 @@ class LeanExtractor(ActivationsExtractorHelper):
             reordered[layer] = values.reshape((trials, images) + values.shape[1:]).swapaxes(0, 1).reshape(values.shape)
         return reordered
 
+    store_activations = True
+
+    def from_paths(self, stimuli_paths, layers, stimuli_identifier=None, require_variance=None):
+        if not self.store_activations:  # no stimuli identifier: Brain-Score neither stores nor filters
+            stimuli_identifier = None
+        return super().from_paths(stimuli_paths, layers, stimuli_identifier=stimuli_identifier,
+                                  require_variance=require_variance)
+
     def _pad(self, batch_images, batch_size):
         return batch_images, 0
 
@@ -99,6 +112,7 @@ class VOneNetActivations(PytorchWrapper):
         self._noise_seed = noise_seed
         self._trials = 1
         self._trial_number: Optional[int] = None
+        self.v1_window: Optional[Tuple[int, int, int, int]] = None
         super().__init__(model=model, preprocessing=preprocessing, identifier=identifier, batch_size=batch_size)
         if device is not None:
             self._device = torch.device(device)
@@ -126,9 +140,35 @@ class VOneNetActivations(PytorchWrapper):
         return stages
 
     @property
+    def settings_identifier(self) -> str:
+        """The identifier with every setting that changes activations (without the trial count)."""
+        return self._base_identifier
+
+    @property
     def stochastic(self) -> bool:
         block = getattr(self._model, 'vone_block', None)
         return block is not None and block.noise_mode is not None
+
+    def set_v1_window(self, window: Optional[Tuple[int, int, int, int]]) -> None:
+        """Record V1 only at output rows ``r0:r1`` and columns ``c0:c1`` (computing only those).
+
+        The VOneBlock then runs on the input crop those units see, with no padding, so the values
+        equal the full map's at those positions; the cache identifier records the window. Noise
+        for the window is drawn at the window's size (same distribution, other draws).
+        """
+        if window is not None:
+            block = self._model.vone_block
+            side = block.output_shape()[1]
+            r0, r1, c0, c1 = window
+            half, stride = block.config.ksize // 2, block.stride
+            if not (0 <= r0 < r1 <= side and 0 <= c0 < c1 <= side) or \
+                    min(r0, c0) * stride - half < 0 or (max(r1, c1) - 1) * stride + half >= block.input_size:
+                raise ValueError(f"V1 window {window} must lie inside the {side} x {side} output map, away "
+                                 f"from the border by the filter half-width ({half} px)")
+        self.v1_window = tuple(window) if window is not None else None
+        suffix = '' if window is None else ',v1_window=' + ':'.join(map(str, window))
+        self._base_identifier = self._base_identifier.split(',v1_window=')[0] + suffix
+        self.identifier = self._base_identifier
 
     # --- trials ---------------------------------------------------------------------------------
     @contextmanager
@@ -160,10 +200,15 @@ class VOneNetActivations(PytorchWrapper):
         self._model.eval()
         trials = [self._trial_number] if self._trial_number is not None else range(self._trials)
         block = getattr(self._model, 'vone_block', None)
+        digests = [image_digest(np.asarray(image)) for image in images] if self.stochastic else None
+        if block is not None and set(layer_names) <= V1_LAYERS:
+            return self._v1_activations(digests, batch, layer_names, trials)
+        if self.v1_window is not None:
+            raise ValueError(f"a V1 window is set, so only {sorted(V1_LAYERS)} can be recorded, not {layer_names}")
         totals: Dict[str, np.ndarray] = OrderedDict()
         for trial in trials:
             if self.stochastic:
-                block.fixed_noise = self._trial_noise(images, trial)
+                block.fixed_noise = self._trial_noise(digests, trial, block.output_shape(batch.shape[-1]))
             try:
                 outputs = self._forward_recording(batch, layer_names)
             finally:
@@ -179,13 +224,40 @@ class VOneNetActivations(PytorchWrapper):
                 totals[name] /= len(trials)
         return totals
 
-    def _trial_noise(self, images, trial: int) -> torch.Tensor:
-        """Standard-normal noise for each image, drawn from its own seeded generator."""
-        shape = self._model.vone_block.output_shape(images[0].shape[-1])
-        noise = torch.empty((len(images),) + shape)
-        for index, image in enumerate(images):
-            generator = torch.Generator().manual_seed(image_noise_seed(self._noise_seed, trial, np.asarray(image)))
-            torch.randn(shape, generator=generator, out=noise[index])
+    def _v1_activations(self, digests, batch, layer_names, trials) -> Dict[str, np.ndarray]:
+        """The VOneBlock alone: its linear part once per batch, then only the noise per trial."""
+        block = self._model.vone_block
+        with torch.no_grad():
+            if self.v1_window is None:
+                gabors = block.gabors_f(batch)
+            else:
+                r0, r1, c0, c1 = self.v1_window
+                half, stride = block.config.ksize // 2, block.stride
+                crop = batch[:, :, r0 * stride - half:(r1 - 1) * stride + half + 1,
+                             c0 * stride - half:(c1 - 1) * stride + half + 1]
+                gabors = block.gabors_f(crop, padding=0)
+            if not self.stochastic:
+                mean = block.output(block.noise_f(gabors))
+            else:
+                mean = None
+                for trial in trials:
+                    block.fixed_noise = self._trial_noise(digests, trial, tuple(gabors.shape[1:]))
+                    try:
+                        response = block.output(block.noise_f(gabors))  # noise_f never writes into gabors
+                    finally:
+                        block.fixed_noise = None
+                    mean = response if mean is None else mean.add_(response)
+                if len(trials) > 1:
+                    mean /= len(trials)
+        values = mean.cpu().numpy()
+        return OrderedDict((name, values) for name in layer_names)
+
+    def _trial_noise(self, digests, trial: int, shape: tuple) -> torch.Tensor:
+        """Standard-normal noise of ``shape`` for each image, from its own seeded generator."""
+        noise = torch.empty((len(digests),) + tuple(shape))
+        for index, digest in enumerate(digests):
+            generator = torch.Generator().manual_seed(image_noise_seed(self._noise_seed, trial, digest))
+            torch.randn(tuple(shape), generator=generator, out=noise[index])
         return noise.to(self._device)
 
     def _forward_recording(self, batch: torch.Tensor, layer_names) -> Dict[str, np.ndarray]:

@@ -130,10 +130,10 @@ class VOneBlock(nn.Module):
         x = self.noise_f(x)
         return self.output(x)
 
-    def gabors_f(self, x):
+    def gabors_f(self, x, padding=None):
         """Simple and complex cell responses times the gain, before noise."""
-        q0 = self.simple_conv_q0(x)
-        q1 = self.simple_conv_q1(x)
+        q0 = self.simple_conv_q0(x, padding)
+        q1 = self.simple_conv_q1(x, padding)
         s = self.simple(q0[:, :self.simple_channels])
         c = self.complex(torch.sqrt(q0[:, self.simple_channels:] ** 2 + q1[:, self.simple_channels:] ** 2)
                          / np.sqrt(2))
@@ -179,6 +179,17 @@ class VOneBlock(nn.Module):
         size = image_size or self.input_size
         side = (size + 2 * (self.config.ksize // 2) - self.config.ksize) // self.stride + 1
         return self.out_channels, side, side
+
+    def units_within(self, centre_deg: tuple, radius_deg: float) -> tuple:
+        """Output rows ``r0:r1`` and columns ``c0:c1`` whose centres lie within ``radius_deg`` (per
+        axis) of ``centre_deg`` = (y, x) degrees from the image centre, y downwards, x rightwards."""
+        side = self.output_shape()[1]
+        centres = (np.arange(side) * self.stride + 0.5 - self.input_size / 2) / self.config.pixels_per_degree
+        rows = np.flatnonzero(np.abs(centres - centre_deg[0]) <= radius_deg)
+        cols = np.flatnonzero(np.abs(centres - centre_deg[1]) <= radius_deg)
+        if len(rows) == 0 or len(cols) == 0:
+            raise ValueError(f"no V1 unit lies within {radius_deg} deg of {centre_deg} deg")
+        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
     def fix_noise(self, batch_size: int = 256, seed: Optional[int] = 0, image_size: Optional[int] = None) -> None:
         """Freeze one standard-normal draw so every forward pass sees the same noise.

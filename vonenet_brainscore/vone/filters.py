@@ -63,8 +63,9 @@ class GaborFilterBank(nn.Module):
         energy = self.weight.detach().abs().sum(dim=(2, 3))
         return energy.argmax(dim=1)
 
-    def forward(self, x):
-        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+    def forward(self, x, padding=None):
+        """``padding=0`` computes only outputs whose receptive field lies inside ``x`` (for crops)."""
+        return F.conv2d(x, self.weight, None, self.stride, self.padding if padding is None else padding)
 
     def extra_repr(self):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
