@@ -133,6 +133,108 @@ def _classify_arguments(parser):
 classify_command.arguments = _classify_arguments
 
 
+# --- score ----------------------------------------------------------------------------------------
+@verb('score', 'score a brain model on the V1 property benchmarks (offline) and write table, JSON, CSV, figures')
+def score_command(args):
+    from pathlib import Path
+    from .v1_properties.figures import plot_property
+    from .v1_properties.score import score_v1_properties
+    identifier = _brain_identifier(args.model)
+    results = score_v1_properties(identifier, args.benchmarks, layer=args.layer, weights_path=args.weights,
+                                  pretrained=not args.untrained, noise_seed=args.noise_seed, seed=args.seed,
+                                  batch_size=args.batch_size, progress=not args.quiet)
+    rows = [(r.benchmark, f'{r.score:.3f}', f'{r.raw:.3f}', f'{r.ceiling:.3f}', len(r.model_values))
+            for r in results]
+    _print_table(('benchmark', 'score', 'raw', 'ceiling', 'model neurons'), rows)
+    records = [{'model': identifier, 'layer': args.layer or 'committed V1', **r.as_dict()} for r in results]
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(records, indent=2) + '\n')
+        csv_path = Path(args.csv) if args.csv else output.with_suffix('.csv')
+        _write_csv(csv_path, records)
+        print(f'wrote {output} and {csv_path}')
+    figures = Path(args.figures) if args.figures else (Path(args.output).with_suffix('') if args.output else None)
+    if figures is not None:
+        for result in results:
+            plot_property(result, figures / f'{result.benchmark}.png', model_label=identifier)
+        print(f'wrote {len(results)} figures to {figures}/')
+
+
+def _score_arguments(parser):
+    parser.add_argument('model', help='brain model identifier, e.g. vonenet-resnet50 or vonenet-resnet50-nonoise')
+    parser.add_argument('--benchmarks', nargs='+', default=['v1-properties'],
+                        help="'v1-properties' (the seven offline Marques2020 benchmarks) or benchmark ids")
+    parser.add_argument('--layer', help='score this layer as V1 instead of the committed one')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--weights', metavar='PATH', help='checkpoint file in the published training format')
+    source.add_argument('--untrained', action='store_true', help='untrained back-end on purpose')
+    parser.add_argument('--noise-seed', type=int, default=0, help='seed of the VOneBlock noise draws (default 0)')
+    parser.add_argument('--seed', type=int, default=0, help="seed of Brain-Score's bootstrap (default 0)")
+    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default 32)')
+    parser.add_argument('--output', metavar='JSON', help='write results as JSON (and CSV beside it, and figures)')
+    parser.add_argument('--csv', metavar='CSV', help='CSV path (default: the JSON path with .csv)')
+    parser.add_argument('--figures', metavar='DIR', help='folder for the figures (default: beside the JSON)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+score_command.arguments = _score_arguments
+
+
+def _brain_identifier(name: str) -> str:
+    """Accept a brain-model identifier, or a catalogue name such as 'resnet50'."""
+    from .brain import IDENTIFIERS, _identifier
+    from .zoo import CATALOGUE
+    if name in CATALOGUE:
+        return _identifier(name, True)
+    if name not in IDENTIFIERS:
+        raise errors.UnknownModelError(f"unknown brain model {name!r}; available: {', '.join(IDENTIFIERS)}")
+    return name
+
+
+def _write_csv(path, records):
+    import csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w', newline='') as file:
+        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+# --- plugin ---------------------------------------------------------------------------------------
+@verb('plugin', "install or remove the Brain-Score plugin (so brainscore_vision.load_model finds our models)")
+def plugin_command(args):
+    from . import plugin_tools
+    if args.action == 'install':
+        path = plugin_tools.install_plugin(models_dir=args.models_dir, mode=args.mode)
+        print(f'installed ({plugin_tools.installed_mode(args.models_dir)}): {path}')
+    elif args.action == 'uninstall':
+        removed = plugin_tools.uninstall_plugin(models_dir=args.models_dir)
+        print('removed' if removed else 'not installed; nothing to remove')
+    else:
+        mode = plugin_tools.installed_mode(args.models_dir)
+        print(f'installed ({mode})' if mode else 'not installed')
+
+
+def _plugin_arguments(parser):
+    parser.add_argument('action', choices=['install', 'uninstall', 'status'])
+    parser.add_argument('--mode', choices=['symlink', 'copy'], default='symlink',
+                        help='symlink to the installed package (default) or copy the folder')
+    parser.add_argument('--models-dir', help="Brain-Score's models folder (default: the installed brainscore_vision's)")
+
+
+plugin_command.arguments = _plugin_arguments
+
+
+@verb('submission', "build the zip that Brain-Score's website accepts for a model submission")
+def submission_command(args):
+    from .plugin_tools import build_submission
+    print(f'wrote {build_submission(args.out_zip)}')
+
+
+submission_command.arguments = lambda parser: parser.add_argument('out_zip', help='path of the zip to write')
+
+
 # --- plumbing -------------------------------------------------------------------------------------
 def _print_table(header, rows):
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
@@ -144,7 +246,8 @@ def _print_table(header, rows):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vonenet-brainscore', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vonenet-brainscore', description='VOneNets as Brain-Score brain models: '
+                                     'build, classify, score, submit.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log progress details')
     sub = parser.add_subparsers(dest='verb', metavar='VERB', required=True)
     for name, function in VERBS.items():

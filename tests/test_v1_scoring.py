@@ -1,0 +1,127 @@
+"""Scoring V1 on the offline Marques2020 property benchmarks.
+
+Fast tests cover the pieces; the end-to-end runs go through subprocesses so each gets a fresh
+result cache (Brain-Score reads RESULTCACHING_HOME when it is imported).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from vonenet_brainscore.errors import VOneNetError
+from vonenet_brainscore.v1_properties.figures import plot_property, property_histograms
+from vonenet_brainscore.v1_properties.registry import OFFLINE_BENCHMARKS
+from vonenet_brainscore.v1_properties.score import (STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, BenchmarkResult,
+                                                    resolve_benchmarks)
+from vonenet_brainscore.vone import VOneBlock
+
+
+def test_resolve_benchmarks():
+    assert resolve_benchmarks(['v1-properties']) == list(OFFLINE_BENCHMARKS)
+    assert resolve_benchmarks(['Marques2020_DeValois1982-pref_or']) == ['Marques2020_DeValois1982-pref_or']
+    with pytest.raises(VOneNetError, match="only Brain-Score's S3"):
+        resolve_benchmarks(['Marques2020_Ringach2002-or_bandwidth'])
+    with pytest.raises(VOneNetError, match='unknown V1 property benchmark'):
+        resolve_benchmarks(['Marques2020_nope'])
+
+
+def test_window_holds_every_unit_that_can_be_selected():
+    """Units whose receptive-field centre can fall within 0.15 deg of the stimulus lie within
+    filter half-width + patch radius + 0.15 deg of it, per axis; the window must contain them all."""
+    block = VOneBlock(noise_mode=None)
+    r0, r1, c0, c1 = block.units_within(STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG)
+    ppd = 224 / 8
+    centres = (np.arange(56) * 4 + 0.5 - 112) / ppd
+    reach = (25 // 2) / ppd + 1 / 6 + 0.15  # filter half-width, mapping patch radius, selection radius
+    needed = np.flatnonzero(np.abs(centres - 0.5) <= reach)
+    assert r0 <= needed[0] and needed[-1] < r1 and c0 <= needed[0] and needed[-1] < c1
+    assert (r1 - r0) * (c1 - c0) < 56 * 56 / 20  # and it is small
+
+
+def test_figure_shows_both_distributions(tmp_path):
+    bins = np.array([0.5, 1, 2, 4, 8])
+    result = BenchmarkResult(benchmark='Marques2020_DeValois1982-peak_sf', score=0.5, raw=0.48, ceiling=0.96,
+                             error=0.01, property_name='peak_spatial_frequency',
+                             model_values=np.array([0.6, 0.7, 3, 100.0]),
+                             primate_values=np.array([1.5, 1.5, 3, 5]), bins=bins)
+    primate, model = property_histograms(result)
+    np.testing.assert_allclose(primate, [0, 0.5, 0.25, 0.25])
+    np.testing.assert_allclose(model, [0.5, 0, 0.25, 0.25])  # 100 is clipped into the last bin, as the metric does
+    path = plot_property(result, tmp_path / 'figure.png')
+    assert path.stat().st_size > 5000
+
+
+SCORE_TINY = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    from vonenet_brainscore import build_vonenet
+    from vonenet_brainscore.brain import VOneNetBrainModel
+    from vonenet_brainscore.commitments_io import load_commitment
+    from vonenet_brainscore.extraction import VOneNetActivations
+    from vonenet_brainscore.preprocessing import brainscore_preprocessing
+    from vonenet_brainscore.v1_properties.score import score_brain_model, v1_window_for
+
+    network = build_vonenet(None, simple_channels=8, complex_channels=8, noise_mode=None)
+    if sys.argv[2] == 'stock':  # Brain-Score's own wrapper and commitment, full V1 map
+        from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
+        from brainscore_vision.model_helpers.brain_transformation import ModelCommitment
+        wrapper = PytorchWrapper(model=network, preprocessing=brainscore_preprocessing(224),
+                                 identifier='tiny-vone-stock', batch_size=64)
+        model = ModelCommitment(identifier='tiny-vone-stock', activations_model=wrapper, layers=['vone_block'],
+                                region_layer_map={'V1': 'vone_block'}, visual_degrees=8)
+    else:
+        activations = VOneNetActivations(network, identifier='tiny-vone-window',
+                                         preprocessing=brainscore_preprocessing(224), batch_size=64)
+        model = VOneNetBrainModel(activations.identifier, activations, load_commitment('resnet50'))
+        activations.set_v1_window(v1_window_for(model))
+    results = score_brain_model(model, [sys.argv[1]], progress=False)
+    json.dump([r.as_dict() for r in results], sys.stdout)
+''')
+
+
+def _score_tiny(tmp_path, benchmark, mode):
+    env = {**os.environ, 'RESULTCACHING_HOME': str(tmp_path / f'cache-{mode}'), 'MPLBACKEND': 'Agg',
+           # property results are cached (as in a real run); stock activations are not written to disk
+           'RESULTCACHING_DISABLE': 'brainscore_vision.model_helpers.activations.core.ActivationsExtractorHelper'}
+    done = subprocess.run([sys.executable, '-c', SCORE_TINY, benchmark, mode], env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])[0]
+
+
+def test_small_model_scores_offline_through_brainscore(tmp_path):
+    result = _score_tiny(tmp_path, 'Marques2020_DeValois1982-pref_or', 'window')
+    assert result['benchmark'] == 'Marques2020_DeValois1982-pref_or'
+    assert 0 < result['score'] <= 1 and result['model_neurons'] > 0
+    assert abs(result['ceiling'] - 0.962) < 0.005
+
+
+@pytest.mark.slow
+def test_windowed_score_equals_the_stock_pipeline_score(tmp_path):
+    """Our windowed pipeline gives the score of Brain-Score's stock pipeline (PytorchWrapper,
+    ModelCommitment, full V1 map) for the same VOneBlock."""
+    benchmark = 'Marques2020_Cavanaugh2002-surround_suppression_index'
+    windowed = _score_tiny(tmp_path, benchmark, 'window')
+    full = _score_tiny(tmp_path, benchmark, 'stock')
+    assert windowed['model_neurons'] == full['model_neurons'] > 0
+    assert windowed['raw'] == pytest.approx(full['raw'], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_cli_scores_all_seven(tmp_path):
+    output = tmp_path / 'results.json'
+    env = {**os.environ, 'RESULTCACHING_HOME': str(tmp_path / 'cache'), 'MPLBACKEND': 'Agg'}
+    env.pop('RESULTCACHING_DISABLE', None)
+    done = subprocess.run([sys.executable, '-m', 'vonenet_brainscore.cli', 'score', 'vonenet-resnet50',
+                           '--untrained', '--output', str(output), '--quiet'], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(output.read_text())
+    assert [r['benchmark'] for r in records] == list(OFFLINE_BENCHMARKS)
+    assert all({'benchmark', 'score', 'raw', 'ceiling'} <= set(r) for r in records)
+    assert output.with_suffix('.csv').exists()
+    assert len(list(output.with_suffix('').glob('*.png'))) == 7

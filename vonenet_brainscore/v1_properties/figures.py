@@ -1,0 +1,50 @@
+"""One figure per V1 property: the model's distribution against the primate histogram."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _is_log_spaced(bins: np.ndarray) -> bool:
+    positive = bins[bins > 0]
+    if len(positive) != len(bins) or len(bins) < 3:
+        return False
+    ratios = positive[1:] / positive[:-1]
+    return np.allclose(ratios, ratios[0], rtol=0.05) and not np.allclose(np.diff(bins), np.diff(bins)[0], rtol=0.05)
+
+
+def property_histograms(result):
+    """Fractions of primate and model neurons per bin, as the metric bins them (clipped to the range)."""
+    bins = result.bins
+    clip = lambda values: np.clip(values[np.isfinite(values)], bins[0], bins[-1])
+    primate = np.histogram(clip(result.primate_values), bins=bins)[0].astype(float)
+    model = np.histogram(clip(result.model_values), bins=bins)[0].astype(float)
+    return primate / max(primate.sum(), 1), model / max(model.sum(), 1)
+
+
+def plot_property(result, path, model_label: str = 'model') -> Path:
+    """Save a step histogram of the model's property values over the primate distribution."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    primate, model = property_histograms(result)
+    bins = result.bins
+    figure, axes = plt.subplots(figsize=(5, 3.4), dpi=120)
+    axes.stairs(primate, bins, fill=True, alpha=0.35, color='0.35',
+                label=f'primate V1 (n={len(result.primate_values)})')
+    axes.stairs(model, bins, linewidth=2, color='tab:red', label=f'{model_label} (n={len(result.model_values)})')
+    if _is_log_spaced(bins):
+        axes.set_xscale('log')
+    axes.set_xlabel(result.property_name.replace('_', ' '))
+    axes.set_ylabel('fraction of neurons')
+    axes.set_title(f"{result.benchmark}\nscore {result.score:.3f} (raw {result.raw:.3f} / ceiling {result.ceiling:.3f})",
+                   fontsize=8)
+    axes.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
