@@ -154,7 +154,7 @@ def test_plugin_model_functions_delegate_to_the_package(monkeypatch):
         warnings.simplefilter('ignore', RuntimeWarning)
         activations = model.get_model('vonenet-alexnet')
     assert isinstance(activations, PytorchWrapper)
-    assert activations.identifier.startswith('vonenet-alexnet-untrained[')
+    assert activations.identifier.startswith('vonenet-alexnet-untrained@')
 
 
 # --- install into a copy of Brain-Score's models folder ------------------------------------------------------
