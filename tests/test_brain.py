@@ -80,7 +80,7 @@ def test_each_region_records_its_committed_layer(resnet_nonoise, stimuli, region
 def test_v1_is_the_vone_block_and_the_backend_never_runs(resnet_nonoise, stimuli):
     counted = []
     handles = [resnet_nonoise.network.model.layer1.register_forward_hook(lambda *a: counted.append('layer1')),
-               resnet_nonoise.network.vone_block.simple_conv_q0.register_forward_hook(
+               resnet_nonoise.network.vone_block.simple.register_forward_hook(
                    lambda m, i, o: counted.append(i[0].shape[0]))]
     resnet_nonoise.start_recording('V1', [(50, 100)])
     responses = resnet_nonoise.look_at(stimuli)

@@ -199,8 +199,7 @@ class VOneNetBrainModel(BrainModel):
     def look_at(self, stimuli, number_of_trials: int = 1, require_variance: bool = False):
         """Responses to ``stimuli``. A stochastic model averages ``number_of_trials`` noise draws, or
         with ``require_variance`` returns every draw (trial-level presentations)."""
-        trials = 1 if require_variance else number_of_trials
-        with self.activations_model.trials(trials):
+        with self.activations_model.trials(number_of_trials, require_variance):
             if self.do_behavior:
                 return self.behavior_model.look_at(stimuli, number_of_trials=number_of_trials,
                                                    require_variance=require_variance)

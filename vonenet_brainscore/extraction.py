@@ -56,6 +56,7 @@ class LeanExtractor(ActivationsExtractorHelper):
     """Brain-Score's extractor without batch padding, and with noise trials for stochastic models."""
 
     owner: 'VOneNetActivations'
+    store_activations = True  # False: never write activations to Brain-Score's result cache
 
     def __call__(self, stimuli, layers, stimuli_identifier=None, number_of_trials: int = 1,
                  require_variance: bool = False):
@@ -79,8 +80,6 @@ class LeanExtractor(ActivationsExtractorHelper):
             images = values.shape[0] // trials
             reordered[layer] = values.reshape((trials, images) + values.shape[1:]).swapaxes(0, 1).reshape(values.shape)
         return reordered
-
-    store_activations = True
 
     def from_paths(self, stimuli_paths, layers, stimuli_identifier=None, require_variance=None):
         if not self.store_activations:  # no stimuli identifier: Brain-Score neither stores nor filters
@@ -172,13 +171,16 @@ class VOneNetActivations(PytorchWrapper):
 
     # --- trials ---------------------------------------------------------------------------------
     @contextmanager
-    def trials(self, number_of_trials: int):
-        """Average ``number_of_trials`` noise draws per image; the cache identifier records how many."""
+    def trials(self, number_of_trials: int, require_variance: bool = False):
+        """Average ``number_of_trials`` noise draws per image (or, with ``require_variance``, let
+        Brain-Score ask for each draw); the cache identifier records which."""
         if number_of_trials < 1:
             raise ValueError(f"number_of_trials must be >= 1, got {number_of_trials}")
         previous = self._trials
-        self._trials = number_of_trials if self.stochastic else 1
-        self.identifier = self._base_identifier + (f',trials={self._trials}' if self.stochastic else '')
+        self._trials = number_of_trials if self.stochastic and not require_variance else 1
+        suffix = (f',trial_draws={number_of_trials}' if require_variance else
+                  f',trials={number_of_trials}' if self.stochastic else '')
+        self.identifier = self._base_identifier + suffix
         try:
             yield self
         finally:

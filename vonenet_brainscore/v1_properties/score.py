@@ -108,8 +108,10 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
     results = []
     # Each stimulus set is recorded once per run anyway (the property functions are cached per
     # model identifier), so storing gigabytes of activations would only cost time and disk.
-    extractor = model.activations_model._extractor
-    store, extractor.store_activations = extractor.store_activations, False
+    extractor = getattr(model.activations_model, '_extractor', None)
+    lean = hasattr(extractor, 'store_activations')  # ours; a stock extractor is left as it is
+    if lean:
+        store, extractor.store_activations = extractor.store_activations, False
     try:
         for identifier in identifiers:
             benchmark = brainscore_vision.load_benchmark(identifier)
@@ -128,7 +130,8 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
                 primate_values=np.asarray(data_property.loc[:, property_name].values, dtype=float),
                 bins=np.asarray(data_property.attrs[property_name + '_bins'], dtype=float)))
     finally:
-        extractor.store_activations = store
+        if lean:
+            extractor.store_activations = store
     return results
 
 

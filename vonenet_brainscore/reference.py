@@ -1,7 +1,7 @@
 """The original VOneNet code, as vendored inside brainscore-vision, loaded as a stand-alone package.
 
-It is the reference our models must match. Loading it by path (not through brainscore_vision's
-plugin package) avoids that plugin's import-time side effects.
+It is the reference our models must match (tests) and race (benchmarks/). Loading it by path
+(not through brainscore_vision's plugin package) avoids that plugin's import-time side effects.
 """
 import importlib.util
 import sys

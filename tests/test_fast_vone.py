@@ -1,0 +1,108 @@
+"""The regrouped (fast) VOneBlock gives the dense reference's outputs, for any colour assignment."""
+import pytest
+import torch
+
+from vonenet_brainscore import VOneBlock
+
+TOLERANCE = 1e-5  # of the output's maximum
+
+
+def _images(n, size=96, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _both_paths(block, images):
+    with torch.no_grad():
+        block.fast = True
+        fast = block(images)
+        block.fast = False
+        dense = block(images)
+        block.fast = True
+    return fast, dense
+
+
+def _assert_close(fast, dense):
+    scale = dense.abs().max()
+    assert scale > 0
+    assert (fast - dense).abs().max() <= TOLERANCE * scale
+
+
+@pytest.mark.parametrize('noise_mode', [None, 'neuronal', 'gaussian'])
+@pytest.mark.parametrize('batch', [1, 3, 5])
+def test_fast_equals_dense(noise_mode, batch):
+    block = VOneBlock(noise_mode=noise_mode, image_size=96, simple_channels=64, complex_channels=64).eval()
+    block.fix_noise(batch_size=batch, seed=4)
+    fast, dense = _both_paths(block, _images(batch))
+    _assert_close(fast, dense)
+
+
+def test_fast_path_is_used_and_does_less_work():
+    block = VOneBlock(noise_mode=None, simple_channels=32, complex_channels=32, image_size=64)
+    grouped = block._grouped_gabors()
+    assert grouped is not None
+    assert sum(w.shape[0] for _, w in grouped.groups) == 32 + 2 * 32  # q0 for all, q1 for complex only
+    assert all(w.shape[1] == 1 for _, w in grouped.groups)            # one colour channel per filter
+
+
+def test_checkpoint_with_arbitrary_colour_assignment(tmp_path):
+    """Weights from elsewhere (e.g. a published checkpoint) with another colour draw stay exact."""
+    source = VOneBlock(noise_mode=None, colour_seed=123, image_size=96, simple_channels=64, complex_channels=64)
+    path = tmp_path / 'block.pt'
+    torch.save(source.state_dict(), path)
+    block = VOneBlock(noise_mode=None, colour_seed=0, image_size=96, simple_channels=64, complex_channels=64)
+    before = block._grouped_gabors().inverse.clone()
+    block.load_state_dict(torch.load(path, weights_only=True))
+    assert not torch.equal(block._grouped_gabors().inverse, before), 'regrouping must follow the new weights'
+    fast, dense = _both_paths(block, _images(2))
+    _assert_close(fast, dense)
+    with torch.no_grad():
+        _assert_close(fast, source(_images(2)))
+
+
+def test_random_per_filter_assignment():
+    block = VOneBlock(noise_mode=None, image_size=64, simple_channels=16, complex_channels=16)
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for bank in (block.simple_conv_q0, block.simple_conv_q1):
+            kernels = bank.weight.abs().sum(1, keepdim=True) * torch.sign(torch.randn(bank.weight.shape[0], 1, 1, 1,
+                                                                                      generator=generator))
+            bank.weight.zero_()
+            channels = torch.randint(0, 3, (bank.weight.shape[0],), generator=generator)
+            bank.weight[torch.arange(bank.weight.shape[0]), channels] = kernels[:, 0]
+    fast, dense = _both_paths(block, _images(3, size=64))
+    _assert_close(fast, dense)
+
+
+def test_multichannel_filters_fall_back_to_the_dense_path():
+    block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8)
+    with torch.no_grad():
+        block.simple_conv_q0.weight[0, :] = block.simple_conv_q0.weight[0].sum(0, keepdim=True)
+    assert block._grouped_gabors() is None
+    fast, dense = _both_paths(block, _images(2, size=64))
+    assert torch.equal(fast, dense)
+
+
+def test_hooks_on_the_filter_banks_see_their_outputs():
+    block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8)
+    seen = []
+    handle = block.simple_conv_q1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        block(_images(1, size=64))
+    handle.remove()
+    assert seen == [(1, 16, 16, 16)]
+
+
+def test_unpadded_crop_equals_the_full_map():
+    block = VOneBlock(noise_mode=None, image_size=96, simple_channels=16, complex_channels=16)
+    images = _images(2)
+    with torch.no_grad():
+        full = block.gabors_f(images)
+        crop = block.gabors_f(images[:, :, 4 * 8 - 12:4 * 15 + 13, 4 * 6 - 12:4 * 11 + 13], padding=0)
+    torch.testing.assert_close(crop, full[:, :, 8:16, 6:12], rtol=1e-5, atol=1e-5 * full.abs().max().item())
+
+
+def test_gradients_flow_to_the_input():
+    block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8)
+    images = _images(1, size=64).requires_grad_()
+    block(images).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
