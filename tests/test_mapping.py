@@ -79,9 +79,11 @@ def _principal_components(assembly):
     eigenvalues, eigenvectors = np.linalg.eigh(centring @ gram @ centring)
     keep = eigenvalues[::-1] > eigenvalues.max() * 1e-9
     scores = (eigenvectors[:, ::-1] * np.sqrt(np.abs(eigenvalues[::-1])))[:, keep]
-    return NeuroidAssembly(scores, dims=['presentation', 'neuroid'], coords={
+    return NeuroidAssembly(scores, dims=['presentation', 'neuroid'], coords={  # brainio: 2+ coords a dim
         'stimulus_id': ('presentation', assembly['stimulus_id'].values),
-        'neuroid_id': ('neuroid', [f'pc{i}' for i in range(scores.shape[1])])})
+        'stimulus_num': ('presentation', np.arange(len(scores))),
+        'neuroid_id': ('neuroid', [f'pc{i}' for i in range(scores.shape[1])]),
+        'component': ('neuroid', np.arange(scores.shape[1]))})
 
 
 def _readout(components, neurons, rng, leading=10):
@@ -272,3 +274,14 @@ def test_too_few_stimuli(tmp_path):
     recordings = _recordings(stimuli, {'IT': np.random.default_rng(0).normal(size=(6, 3))}, 2, 1.)
     with pytest.raises(DataError, match='too few'):
         neural_benchmark(recordings, 'IT')
+
+
+@pytest.mark.slow
+def test_v1_property_suite_as_a_column(model, recordings):
+    """Minutes: the offline V1 property suite on the VOneBlock, next to the recordings' columns."""
+    mapping = map_layers(model, recordings, layers=['vone_block', 'model.layer1.0'],
+                         include_v1_properties=['vone_block'], progress=False)
+    assert mapping.regions['V1-properties'] == 'V1'
+    assert np.isfinite(mapping.scores.loc['vone_block', 'V1-properties'])
+    assert np.isnan(mapping.scores.loc['model.layer1.0', 'V1-properties'])  # not requested: not run
+    assert len(mapping.v1_properties['vone_block']) == 7

@@ -91,10 +91,10 @@ def test_identifiers_follow_content(dataset):
 def test_image_folder_as_stimuli_and_repetitions_numbered_in_order(dataset):
     folder, paths, _ = dataset
     array = _array(list(paths), repetitions=2)
-    array = NeuronRecordingAssembly(array.values, dims=['presentation', 'neuroid'], coords={
+    array = xr.DataArray(array.values, dims=['presentation', 'neuroid'], coords={
         'stimulus_id': ('presentation', array['stimulus_id'].values),
         'neuroid_id': ('neuroid', array['neuroid_id'].values), 'region': ('neuroid', array['region'].values)})
-    save_recordings(array, folder / 'rec.nc')
+    _write_raw(array, folder / 'rec.nc')
     loaded = load_recordings(folder / 'rec.nc', folder / 'images')
     assert list(loaded['repetition'].values) == [0] * 6 + [1] * 6
     assert sorted(loaded.stimulus_set['stimulus_id']) == sorted(paths)

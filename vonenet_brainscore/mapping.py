@@ -120,6 +120,7 @@ class LayerFeatures:
         count = values.shape[1]
         return NeuroidAssembly(values, dims=['presentation', 'neuroid'], coords={
             'stimulus_id': ('presentation', np.asarray(self.stimulus_ids, dtype=object)),
+            'stimulus_num': ('presentation', np.arange(len(self.stimulus_ids))),  # brainio needs 2+ coords a dim
             'neuroid_id': ('neuroid', np.array([f'{layer}.{i}' for i in range(count)], dtype=object)),
             'layer': ('neuroid', np.array([layer] * count, dtype=object)),
             'neuroid_num': ('neuroid', np.arange(count))})

@@ -78,7 +78,7 @@ def _with_stimulus_columns(assembly):
     missing values is left out: NaN never equals NaN, so repetitions would not average together).
     Brain-Score averages repetitions by grouping over two or more coords, so one is added if needed."""
     stimulus_set = assembly.attrs['stimulus_set']
-    present = {name for name, dims, _ in walk_coords(assembly) if dims == ('presentation',)}
+    present = {name for name, dims, _ in walk_coords(assembly) if dims == ('presentation',) and name != 'presentation'}
     table = stimulus_set.set_index(stimulus_set['stimulus_id'].astype(str))
     ids = np.asarray(assembly['stimulus_id'].values).astype(str)
     extra = {}
@@ -98,7 +98,7 @@ def _per_stimulus_coords_only(assembly):
     """Drop presentation coords that differ between repetitions of a stimulus (e.g. trial times):
     Brain-Score averages repetitions over every other presentation coord."""
     frame = pd.DataFrame({name: np.asarray(values).astype(str) for name, dims, values in walk_coords(assembly)
-                          if dims == ('presentation',)})
+                          if dims == ('presentation',) and name != 'presentation'})
     varying = [name for name in frame.columns if name not in ('stimulus_id', 'repetition')
                and (frame.groupby('stimulus_id')[name].nunique() > 1).any()]
     if varying:
@@ -188,7 +188,8 @@ def neural_benchmark(recordings, region: str, metric: Union[str, object] = 'pls'
     """
     repeated, averaged = region_recordings(recordings, region, time_bin)
     similarity = _metric(metric, splits, stratification_coord)
-    if stratification_coord is not None and stratification_coord not in averaged.coords:
+    if stratification_coord is not None and \
+            stratification_coord not in {name for name, dims, _ in walk_coords(averaged) if dims == ('presentation',)}:
         raise DataError(f"stratification coord {stratification_coord!r} is not a presentation coord of the "
                         f"recordings; add it or leave stratification off")
     metric_name = metric if isinstance(metric, str) else type(metric).__name__
@@ -276,6 +277,8 @@ def responses_for_stimuli(features, stimuli, region: str, time_bins) -> NeuroidA
     for column in stimuli.columns:
         coords[column] = ('presentation', stimuli[column].values)
     coords['stimulus_id'] = ('presentation', np.asarray(stimuli['stimulus_id'].values))
+    if sum(dims == ('presentation',) for dims, _ in coords.values()) < 2:  # brainio needs 2+ coords a dim
+        coords['stimulus_num'] = ('presentation', np.arange(len(wanted)))
     if len(time_bins) == 1:
         return NeuroidAssembly(values, coords=coords, dims=['presentation', 'neuroid'])
     coords['time_bin_start'] = ('time_bin', [b[0] for b in time_bins])

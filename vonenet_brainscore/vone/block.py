@@ -139,14 +139,24 @@ class VOneBlock(nn.Module):
     def gabors_f(self, x, padding=None):
         """Simple and complex cell responses times the gain, before noise."""
         grouped = self._grouped_gabors() if self.fast else None
-        if grouped is not None:
-            q0, q1_complex = grouped(x, padding)
-        else:
+        if grouped is None:  # the original's arithmetic, operation for operation
             q0 = self.simple_conv_q0(x, padding)
-            q1_complex = self.simple_conv_q1(x, padding)[:, self.simple_channels:]
+            q1 = self.simple_conv_q1(x, padding)
+            s = self.simple(q0[:, :self.simple_channels])
+            c = self.complex(torch.sqrt(q0[:, self.simple_channels:] ** 2 + q1[:, self.simple_channels:] ** 2)
+                             / np.sqrt(2))
+            return self.gabors(self.k_exc * torch.cat((s, c), 1))
+        # Same cells with fewer passes over memory: hypot for the energy, gain folded into one multiply,
+        # results written straight into the output (differences are float32 rounding).
+        q0, q1_complex = grouped(x, padding)
         s = self.simple(q0[:, :self.simple_channels])
-        c = self.complex(torch.sqrt(q0[:, self.simple_channels:] ** 2 + q1_complex ** 2) / np.sqrt(2))
-        return self.gabors(self.k_exc * torch.cat((s, c), 1))
+        c = self.complex(torch.hypot(q0[:, self.simple_channels:], q1_complex))
+        if torch.is_grad_enabled() and x.requires_grad:  # out= writes are not differentiable
+            return self.gabors(torch.cat((s * self.k_exc, c * (self.k_exc / np.sqrt(2))), 1))
+        out = torch.empty((q0.shape[0], self.out_channels) + tuple(q0.shape[2:]), dtype=q0.dtype, device=q0.device)
+        torch.mul(s, self.k_exc, out=out[:, :self.simple_channels])
+        torch.mul(c, self.k_exc / np.sqrt(2), out=out[:, self.simple_channels:])
+        return self.gabors(out)
 
     def _grouped_gabors(self) -> Optional[GroupedGabors]:
         """The regrouped filters, rebuilt whenever the weights change; None means use the dense path

@@ -2,8 +2,9 @@
 
 The original runs two dense 3-channel convolutions of 512 filters each (6.0 GMAC per 224 px image),
 but every Gabor filter is non-zero on one colour channel only, and simple cells use only the
-even-phase (q0) filter. Here each filter is convolved with its own colour channel only, and the
-odd-phase (q1) filters are computed for complex cells only: 768 single-channel filters, 1.5 GMAC.
+even-phase (q0) filter. Here each filter is applied to its own colour channel only, and the
+odd-phase (q1) filters are computed for complex cells only: 768 single-channel filters, 1.5 GMAC,
+as one matrix product per colour channel (patches x filters), which runs near the CPU's peak.
 
 The regrouping is read from the weights themselves, so it is exact for any colour assignment,
 including the published checkpoints' (drawn from an unseeded RNG at training time).
@@ -53,9 +54,16 @@ class GroupedGabors:
 
     def __call__(self, x: torch.Tensor, padding: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         padding = self.padding if padding is None else padding
-        outputs = [F.conv2d(x[:, colour:colour + 1], weight, None, self.stride, padding)
-                   for colour, weight in self.groups]
+        batch, _, height, width = x.shape
+        size = self.groups[0][1].shape[-1]
+        rows = (height + 2 * padding - size) // self.stride + 1
+        cols = (width + 2 * padding - size) // self.stride + 1
+        outputs = []
+        for colour, weight in self.groups:
+            patches = F.unfold(x[:, colour:colour + 1], size, padding=padding, stride=self.stride)
+            outputs.append(torch.matmul(weight.reshape(weight.shape[0], -1), patches))  # (B, n, rows*cols)
         stacked = torch.cat(outputs, dim=1).index_select(1, self.inverse.to(x.device))
+        stacked = stacked.view(batch, -1, rows, cols)
         return stacked[:, :self.n_q0], stacked[:, self.n_q0:]
 
     def to(self, device) -> 'GroupedGabors':
