@@ -44,7 +44,7 @@ def test_window_holds_every_unit_that_can_be_selected():
 
 def test_figure_shows_both_distributions(tmp_path):
     bins = np.array([0.5, 1, 2, 4, 8])
-    result = BenchmarkResult(benchmark='Marques2020_DeValois1982-peak_sf', score=0.5, raw=0.48, ceiling=0.96,
+    result = BenchmarkResult(model='test-model', settings='none', benchmark='Marques2020_DeValois1982-peak_sf', score=0.5, raw=0.48, ceiling=0.96,
                              error=0.01, property_name='peak_spatial_frequency',
                              model_values=np.array([0.6, 0.7, 3, 100.0]),
                              primate_values=np.array([1.5, 1.5, 3, 5]), bins=bins)
@@ -123,5 +123,6 @@ def test_cli_scores_all_seven(tmp_path):
     records = json.loads(output.read_text())
     assert [r['benchmark'] for r in records] == list(OFFLINE_BENCHMARKS)
     assert all({'benchmark', 'score', 'raw', 'ceiling'} <= set(r) for r in records)
+    assert records[0]['model'].startswith('vonenet-resnet50-untrained@') and 'weights=untrained' in records[0]['settings']
     assert output.with_suffix('.csv').exists()
     assert len(list(output.with_suffix('').glob('*.png'))) == 7

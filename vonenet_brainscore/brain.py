@@ -92,7 +92,6 @@ def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, pr
                    f"(seeded VOneBlock, random back-end); its identifier is tagged '{UNTRAINED_TAG}' and its "
                    f"scores are not those of the published model. {error}")
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-        logger.warning(message)
         return get_model(model_spec.model, pretrained=False, **overrides), 'untrained-init0'
     path = Path(weights_path) if weights_path is not None else record.cache_path
     return network, f'sha1-{_file_digest(path)}'

@@ -146,7 +146,8 @@ def score_command(args):
     rows = [(r.benchmark, f'{r.score:.3f}', f'{r.raw:.3f}', f'{r.ceiling:.3f}', len(r.model_values))
             for r in results]
     _print_table(('benchmark', 'score', 'raw', 'ceiling', 'model neurons'), rows)
-    records = [{'model': identifier, 'layer': args.layer or 'committed V1', **r.as_dict()} for r in results]
+    records = [{**r.as_dict(), 'layer': args.layer or 'committed V1'} for r in results]
+    print(f'model {records[0]["model"]}: {records[0]["settings"]}')
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ def score_command(args):
     figures = Path(args.figures) if args.figures else (Path(args.output).with_suffix('') if args.output else None)
     if figures is not None:
         for result in results:
-            plot_property(result, figures / f'{result.benchmark}.png', model_label=identifier)
+            plot_property(result, figures / f'{result.benchmark}.png', model_label=result.model.split('@')[0])
         print(f'wrote {len(results)} figures to {figures}/')
 
 

@@ -32,6 +32,8 @@ WINDOW_RADIUS_DEG = 0.85          # 0.43 filter + 0.17 patch + 0.15 selection + 
 class BenchmarkResult:
     """One benchmark's outcome, and the distributions behind it for the figure."""
 
+    model: str
+    settings: str
     benchmark: str
     score: float
     raw: float
@@ -43,7 +45,7 @@ class BenchmarkResult:
     bins: np.ndarray = field(repr=False)
 
     def as_dict(self) -> dict:
-        return {'benchmark': self.benchmark, 'score': self.score, 'raw': self.raw, 'ceiling': self.ceiling,
+        return {'model': self.model, 'settings': self.settings, 'benchmark': self.benchmark, 'score': self.score, 'raw': self.raw, 'ceiling': self.ceiling,
                 'error': self.error, 'property': self.property_name,
                 'model_neurons': int(len(self.model_values)), 'primate_neurons': int(len(self.primate_values))}
 
@@ -123,6 +125,8 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
                 score = benchmark(model)
             model_property, data_property = recorder.first_call
             results.append(BenchmarkResult(
+                model=model.identifier,
+                settings=getattr(model.activations_model, 'settings_description', model.identifier),
                 benchmark=identifier, score=float(score.values), raw=float(score.attrs['raw'].values),
                 ceiling=float(score.attrs['ceiling'].values), error=float(score.attrs['raw'].attrs.get('error', np.nan)),
                 property_name=property_name,
