@@ -202,6 +202,44 @@ def _write_csv(path, records):
         writer.writerows(records)
 
 
+# --- map-layers -----------------------------------------------------------------------------------
+@verb('map-layers', 'score every candidate layer on every region (your recordings, Brain-Score ids, V1 properties)')
+def map_layers_command(args):
+    from .mapping import map_layers
+    identifier = _brain_identifier(args.model)
+    if args.data and not args.stimuli:
+        raise errors.DataError('--data needs --stimuli (a CSV with stimulus_id and image paths, or an image folder)')
+    mapping = map_layers(identifier, recordings=args.data, stimuli=args.stimuli, benchmarks=args.benchmarks,
+                         layers=args.layers, include_v1_properties=args.v1_properties, metric=args.metric,
+                         pretrained=not args.untrained, weights_path=args.weights, batch_size=args.batch_size,
+                         progress=not args.quiet)
+    print(mapping.table().round(3).to_string())
+    print()
+    print(mapping.best_layers().round(3).to_string())
+    for kind, path in mapping.save(args.output).items():
+        print(f'wrote {kind}: {path}')
+
+
+def _map_layers_arguments(parser):
+    parser.add_argument('model', help='brain model identifier, e.g. vonenet-resnet50-nonoise')
+    parser.add_argument('--data', metavar='NETCDF', help='your recordings (presentation x neuroid [x time_bin])')
+    parser.add_argument('--stimuli', metavar='CSV_OR_DIR', help='their images: CSV (stimulus_id, path) or a folder')
+    parser.add_argument('--benchmarks', nargs='*', default=[], help="Brain-Score benchmark ids (and/or 'v1-properties')")
+    parser.add_argument('--v1-properties', action='store_true',
+                        help='also run the offline V1 property suite on every layer (minutes per layer)')
+    parser.add_argument('--layers', nargs='+', help='layers to map (default: the candidate layers in commitments/)')
+    parser.add_argument('--metric', choices=['pls', 'ridge'], default='pls', help='regression for predictivity')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--weights', metavar='PATH', help='checkpoint file in the published training format')
+    source.add_argument('--untrained', action='store_true', help='untrained back-end on purpose')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--output', metavar='DIR', default='layer_mapping', help='folder for CSV, JSON and heatmap')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+map_layers_command.arguments = _map_layers_arguments
+
+
 # --- plugin ---------------------------------------------------------------------------------------
 @verb('plugin', "install or remove the Brain-Score plugin (so brainscore_vision.load_model finds our models)")
 def plugin_command(args):
