@@ -142,7 +142,7 @@ def test_generating_layer_predicts_best(mapping):
         column = mapping.raw[_column(mapping, region)]
         assert best.loc[region, 'best_layer'] == layer, column
         assert column[layer] > 0.7
-        assert column[layer] > column.drop(layer).max() + 0.03
+        assert column[layer] > column.drop(layer).max() + 0.01  # neighbouring stages share much
 
 
 def test_network_runs_once_for_every_layer_and_region(mapping):
@@ -267,6 +267,8 @@ def test_clear_errors(model, recordings):
         map_layers(model, progress=False)
     with pytest.raises(CommitmentError, match='no layer'):
         score_layer(model, 'model.nothing', neural_benchmark(recordings, 'IT'))
+    with pytest.raises(DataError, match="unknown Brain-Score benchmark id 'no-such-benchmark'"):
+        map_layers(model, benchmarks=['no-such-benchmark'], layers=['vone_block'], progress=False)
 
 
 def test_too_few_stimuli(tmp_path):

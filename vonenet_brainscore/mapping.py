@@ -305,7 +305,7 @@ class LayerMapping:
         from matplotlib.patches import Rectangle
         values = self.scores.to_numpy(dtype=float)
         layers, benchmarks = list(self.scores.index), list(self.scores.columns)
-        figure = Figure(figsize=(2.2 + 1.3 * len(benchmarks), 1.6 + 0.32 * len(layers)))
+        figure = Figure(figsize=(max(5., 2.6 + 1.3 * len(benchmarks)), 1.8 + 0.32 * len(layers)))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot(1, 1, 1)
         finite = values[np.isfinite(values)]
@@ -329,7 +329,7 @@ class LayerMapping:
                 best = int(np.nanargmax(column))
                 axes.add_patch(Rectangle((col - .5, best - .5), 1, 1, fill=False, edgecolor='red', linewidth=2))
         figure.colorbar(image, ax=axes, label='score (ceiled)')
-        axes.set_title(title or f'{self.model}: layer x benchmark (box: best, *: committed)', fontsize=9)
+        axes.set_title(title or f'{self.model}\nred box: best layer, *: committed layer', fontsize=9)
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

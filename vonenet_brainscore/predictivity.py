@@ -208,10 +208,13 @@ def load_brainscore_benchmark(identifier: str):
     except VOneNetError:
         raise
     except Exception as error:
+        if isinstance(error, AssertionError) and 'No registrations' in str(error):
+            raise DataError(f"unknown Brain-Score benchmark id {identifier!r}; ids look like 'MajajHong2015.IT-pls' "
+                            f"(see brainscore_vision.benchmark_registry)") from None
         raise DataError(f"Brain-Score benchmark {identifier!r} could not be loaded ({type(error).__name__}: "
-                        f"{str(error)[:300]}). Check the id (see brainscore_vision.benchmark_registry); Brain-Score "
-                        f"benchmarks need their data from Brain-Score's servers, so run where those can be "
-                        f"reached, or score your own recordings (recordings + stimuli).") from error
+                        f"{str(error)[:300]}). Brain-Score benchmarks need their data from Brain-Score's servers: "
+                        f"run where those can be reached, or score your own recordings (recordings + stimuli).") \
+            from error
 
 
 def benchmark_region(benchmark) -> Optional[str]:

@@ -238,7 +238,8 @@ def assemble(array: xr.DataArray, stimulus_set: StimulusSet, source='recordings'
     coords['repetition'] = ('presentation', np.asarray(repetition))
     neuroid_coords = [name for name, (dims, _) in coords.items() if dims == ('neuroid',)]
     if 'neuroid_id' not in neuroid_coords:
-        coords['neuroid_id'] = ('neuroid', np.array([f'neuroid{i}' for i in range(array.sizes['neuroid'])], dtype=object))
+        count = array.sizes['neuroid']
+        coords['neuroid_id'] = ('neuroid', np.array([f'neuroid{i}' for i in range(count)], dtype=object))
     else:
         ids = pd.Series(coords['neuroid_id'][1].astype(str))
         if ids.duplicated().any():
