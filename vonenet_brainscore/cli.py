@@ -213,7 +213,7 @@ def map_layers_command(args):
                          layers=args.layers, include_v1_properties=args.v1_properties, metric=args.metric,
                          pretrained=not args.untrained, weights_path=args.weights, batch_size=args.batch_size,
                          progress=not args.quiet)
-    print(mapping.table().round(3).to_string())
+    print(mapping.scores.round(3).to_string())
     print()
     print(mapping.best_layers().round(3).to_string())
     for kind, path in mapping.save(args.output).items():
