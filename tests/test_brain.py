@@ -278,3 +278,11 @@ def test_v1_fast_path_equals_the_full_forward_with_noise(stimuli):
             draws.append(block(torch.from_numpy(images)).flatten(1).numpy())
         block.fixed_noise = None
     np.testing.assert_allclose(fast, np.mean(draws, axis=0), rtol=1e-5, atol=1e-4)
+
+
+def test_public_api_exposes_the_brain_model_functions():
+    import vonenet_brainscore as vb
+    from vonenet_brainscore import brain
+    assert vb.brain_model is brain.brain_model and vb.list_identifiers() == list(IDENTIFIERS)
+    with pytest.raises(AttributeError, match='no attribute'):
+        vb.not_a_function
