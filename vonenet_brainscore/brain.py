@@ -7,7 +7,6 @@ tags its identifier ``-untrained``, so no score is mistaken for the trained mode
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from .extraction import VOneNetActivations  # noqa: E402
 from .preprocessing import brainscore_preprocessing  # noqa: E402
 from .zoo import get_model, list_models, model_record  # noqa: E402
 
-logger = logging.getLogger(__name__)
 
 NONOISE_SUFFIX = '-nonoise'
 UNTRAINED_TAG = '-untrained'
