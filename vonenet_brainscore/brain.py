@@ -116,10 +116,7 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
     if region_map is not None:
         commitment = commitment.with_region_map(region_map)
     if region_layers:
-        from dataclasses import replace
-        commitment = replace(commitment, region_layers={**commitment.region_layers, **region_layers},
-                             time_bins=None if commitment.time_bins is None else
-                             {r: b for r, b in commitment.time_bins.items() if r not in region_layers})
+        commitment = commitment.with_region_layers(region_layers)
     network, weights = _load_network(model_spec, weights_path, pretrained, progress)
     commitment.check_layers(network)
     public_identifier = identifier + (UNTRAINED_TAG if weights.startswith('untrained') else '')

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Dict, List, Optional, Tuple
 
@@ -47,9 +47,15 @@ class Commitment:
         if name not in self.alternative_region_maps:
             raise CommitmentError(f"{self.model} has no alternative region map {name!r}; available: "
                                   f"{sorted(self.alternative_region_maps) or 'none'}")
-        from dataclasses import replace
         # Alternative maps are layer-selected for feed-forward readout: no per-step time bins.
         return replace(self, region_layers=dict(self.alternative_region_maps[name]), time_bins=None)
+
+    def with_region_layers(self, region_layers: Dict[str, str]) -> 'Commitment':
+        """The same commitment with some regions moved to other layers (their time bins dropped:
+        per-step bins belong to the committed recurrent layer)."""
+        time_bins = None if self.time_bins is None else \
+            {region: bins for region, bins in self.time_bins.items() if region not in region_layers}
+        return replace(self, region_layers={**self.region_layers, **region_layers}, time_bins=time_bins)
 
     def check_layers(self, model: nn.Module) -> None:
         """Fail early, naming the layer, if the map points at a module the model does not have."""
