@@ -1,4 +1,4 @@
-"""The regrouped (fast) VOneBlock gives the dense reference's outputs, for any colour assignment."""
+"""The fast VOneBlock methods give the dense reference's outputs, for any colour assignment."""
 import pytest
 import torch
 
@@ -11,13 +11,16 @@ def _images(n, size=96, seed=0):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def _both_paths(block, images):
+FAST_METHODS = ['spectral', 'grouped']
+
+
+def _both_paths(block, images, method='auto'):
     with torch.no_grad():
-        block.fast = True
+        block.method = method
         fast = block(images)
-        block.fast = False
+        block.method = 'dense'
         dense = block(images)
-        block.fast = True
+        block.method = 'auto'
     return fast, dense
 
 
@@ -27,13 +30,58 @@ def _assert_close(fast, dense):
     assert (fast - dense).abs().max() <= TOLERANCE * scale
 
 
+@pytest.mark.parametrize('method', FAST_METHODS)
 @pytest.mark.parametrize('noise_mode', [None, 'neuronal', 'gaussian'])
 @pytest.mark.parametrize('batch', [1, 3, 5])
-def test_fast_equals_dense(noise_mode, batch):
+def test_fast_equals_dense(method, noise_mode, batch):
     block = VOneBlock(noise_mode=noise_mode, image_size=96, simple_channels=64, complex_channels=64).eval()
     block.fix_noise(batch_size=batch, seed=4)
-    fast, dense = _both_paths(block, _images(batch))
+    fast, dense = _both_paths(block, _images(batch), method)
     _assert_close(fast, dense)
+
+
+def test_published_size_block_is_exact_with_each_method():
+    """The published settings: 512 channels, 25 px filters, 224 px images (odd batch)."""
+    block = VOneBlock(noise_mode=None).eval()
+    images = _images(3, size=224)
+    for method in FAST_METHODS:
+        fast, dense = _both_paths(block, images, method)
+        _assert_close(fast, dense)
+
+
+@pytest.mark.parametrize('odd_channels', [(7, 6), (5, 0), (0, 5)])
+def test_spectral_pairs_odd_filter_counts(odd_channels):
+    """Filters are paired as complex kernels per colour; an odd count leaves one unpaired."""
+    simple, complex_ = odd_channels
+    block = VOneBlock(noise_mode=None, image_size=64, simple_channels=simple, complex_channels=complex_)
+    fast, dense = _both_paths(block, _images(2, size=64), 'spectral')
+    _assert_close(fast, dense)
+
+
+@pytest.mark.parametrize('size, padding', [(224, 12), (69, 0), (57, 3), (7, 12), (100, 0)])
+def test_spectral_handles_any_input_size_and_padding(size, padding):
+    from vonenet_brainscore.vone.spectral import SpectralGabors
+    block = VOneBlock(noise_mode=None, simple_channels=16, complex_channels=16)
+    q0, q1 = block.simple_conv_q0.weight.detach(), block.simple_conv_q1.weight.detach()
+    spectral = SpectralGabors(q0, q1, 16, 4, 12, images_per_pass=2, pairs_per_pass=5)
+    images = torch.rand(3, 3, size, size + 5, generator=torch.Generator().manual_seed(size))
+    got_q0, got_q1 = spectral(images, padding)
+    want_q0 = torch.nn.functional.conv2d(images, q0, stride=4, padding=padding)
+    want_q1 = torch.nn.functional.conv2d(images, q1, stride=4, padding=padding)[:, 16:]
+    for got, want in ((got_q0, want_q0), (got_q1, want_q1)):
+        assert got.shape == want.shape
+        _assert_close(got, want)
+
+
+def test_auto_picks_the_fourier_route_for_full_images_and_matmul_for_crops():
+    block = VOneBlock(noise_mode=None, simple_channels=8, complex_channels=8)
+    assert block.method_for(torch.zeros(1, 3, 224, 224)) == 'spectral'
+    assert block.method_for(torch.zeros(1, 3, 69, 69), padding=0) == 'grouped'
+    block.method = 'dense'
+    assert block.method_for(torch.zeros(1, 3, 224, 224)) == 'dense'
+    block.method = 'fastest'
+    with pytest.raises(ValueError, match='method must be one of'):
+        block(torch.zeros(1, 3, 224, 224))
 
 
 def test_fast_path_is_used_and_does_less_work():
@@ -53,10 +101,11 @@ def test_checkpoint_with_arbitrary_colour_assignment(tmp_path):
     before = block._grouped_gabors().inverse.clone()
     block.load_state_dict(torch.load(path, weights_only=True))
     assert not torch.equal(block._grouped_gabors().inverse, before), 'regrouping must follow the new weights'
-    fast, dense = _both_paths(block, _images(2))
-    _assert_close(fast, dense)
-    with torch.no_grad():
-        _assert_close(fast, source(_images(2)))
+    for method in FAST_METHODS:
+        fast, dense = _both_paths(block, _images(2), method)
+        _assert_close(fast, dense)
+        with torch.no_grad():
+            _assert_close(fast, source(_images(2)))
 
 
 def test_random_per_filter_assignment():
@@ -69,8 +118,9 @@ def test_random_per_filter_assignment():
             bank.weight.zero_()
             channels = torch.randint(0, 3, (bank.weight.shape[0],), generator=generator)
             bank.weight[torch.arange(bank.weight.shape[0]), channels] = kernels[:, 0]
-    fast, dense = _both_paths(block, _images(3, size=64))
-    _assert_close(fast, dense)
+    for method in FAST_METHODS:
+        fast, dense = _both_paths(block, _images(3, size=64), method)
+        _assert_close(fast, dense)
 
 
 def test_multichannel_filters_fall_back_to_the_dense_path():
@@ -92,8 +142,10 @@ def test_hooks_on_the_filter_banks_see_their_outputs():
     assert seen == [(1, 16, 16, 16)]
 
 
-def test_unpadded_crop_equals_the_full_map():
+@pytest.mark.parametrize('method', FAST_METHODS + ['dense'])
+def test_unpadded_crop_equals_the_full_map(method):
     block = VOneBlock(noise_mode=None, image_size=96, simple_channels=16, complex_channels=16)
+    block.method = method
     images = _images(2)
     with torch.no_grad():
         full = block.gabors_f(images)
@@ -101,8 +153,15 @@ def test_unpadded_crop_equals_the_full_map():
     torch.testing.assert_close(crop, full[:, :, 8:16, 6:12], rtol=1e-5, atol=1e-5 * full.abs().max().item())
 
 
-def test_gradients_flow_to_the_input():
+def test_gradients_equal_the_dense_paths():
+    """Attacks differentiate through the block: each method must give the reference gradient."""
     block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8)
-    images = _images(1, size=64).requires_grad_()
-    block(images).sum().backward()
-    assert images.grad is not None and images.grad.abs().sum() > 0
+    gradients = {}
+    for method in FAST_METHODS + ['dense']:
+        block.method = method
+        images = _images(2, size=64).requires_grad_()
+        (block(images) * torch.linspace(0, 1, 16).view(1, 16, 1, 1)).sum().backward()
+        gradients[method] = images.grad
+    assert gradients['dense'].abs().sum() > 0
+    for method in FAST_METHODS:
+        _assert_close(gradients[method], gradients['dense'])

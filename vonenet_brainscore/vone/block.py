@@ -12,10 +12,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .fast import GroupedGabors, NotSingleChannel
+from .spectral import SpectralGabors
 from .filters import GaborFilterBank, assign_colour_channels, gabor_kernels
 from .params import GaborParameters, sample_gabor_parameters
 
 NOISE_MODES = (None, 'neuronal', 'gaussian')
+# Ways to compute the Gabor stage: 'dense' is the original's two convolutions (the reference);
+# 'grouped' and 'spectral' skip the work it discards; 'auto' picks the faster for the input.
+METHODS = ('auto', 'spectral', 'grouped', 'dense')
 # Added under the square root of the neuronal noise so its gradient stays finite at zero rate.
 NEURONAL_NOISE_EPS = 10e-5
 
@@ -114,11 +118,10 @@ class VOneBlock(nn.Module):
         self.fixed_noise: Optional[torch.Tensor] = None
         self._noise_seed = noise_seed
         self._noise_generator: Optional[torch.Generator] = None
-        # fast=True: filters regrouped by colour channel, q1 only for complex cells (same outputs,
-        # a quarter of the work). fast=False: the original's two dense convolutions (the reference).
-        self.fast = True
-        self._grouped: Optional[GroupedGabors] = None
-        self._grouped_key = None
+        # How the Gabor stage is computed; every method gives the same outputs (to float32 rounding).
+        self.method = 'auto'
+        self._plans: dict = {}
+        self._plans_key = None
 
     def _initialize_filters(self, params: GaborParameters, config: VOneBlockConfig) -> None:
         """Convert degrees to pixels and fill both quadrature banks on seeded colour channels."""
@@ -136,10 +139,19 @@ class VOneBlock(nn.Module):
         x = self.noise_f(x)
         return self.output(x)
 
+    @property
+    def fast(self) -> bool:
+        """False when the original's dense convolutions are forced (``method = 'dense'``)."""
+        return self.method != 'dense'
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self.method = 'auto' if value else 'dense'
+
     def gabors_f(self, x, padding=None):
         """Simple and complex cell responses times the gain, before noise."""
-        grouped = self._grouped_gabors() if self.fast else None
-        if grouped is None:  # the original's arithmetic, operation for operation
+        plan = self._gabor_plan(x, padding)
+        if plan is None:  # the original's arithmetic, operation for operation
             q0 = self.simple_conv_q0(x, padding)
             q1 = self.simple_conv_q1(x, padding)
             s = self.simple(q0[:, :self.simple_channels])
@@ -148,7 +160,7 @@ class VOneBlock(nn.Module):
             return self.gabors(self.k_exc * torch.cat((s, c), 1))
         # Same cells with fewer passes over memory: hypot for the energy, gain folded into one multiply,
         # results written straight into the output (differences are float32 rounding).
-        q0, q1_complex = grouped(x, padding)
+        q0, q1_complex = plan(x, padding)
         s = self.simple(q0[:, :self.simple_channels])
         c = self.complex(torch.hypot(q0[:, self.simple_channels:], q1_complex))
         if torch.is_grad_enabled() and x.requires_grad:  # out= writes are not differentiable
@@ -158,22 +170,48 @@ class VOneBlock(nn.Module):
         torch.mul(c, self.k_exc / np.sqrt(2), out=out[:, self.simple_channels:])
         return self.gabors(out)
 
-    def _grouped_gabors(self) -> Optional[GroupedGabors]:
-        """The regrouped filters, rebuilt whenever the weights change; None means use the dense path
-        (a filter reads several colour channels, or someone hooks the filter-bank modules)."""
+    # Below this many output positions per image the direct matrix product beats the Fourier route
+    # (measured on CPU: benchmarks/vone_block.py --crops).
+    SPECTRAL_MIN_POSITIONS = 256
+
+    def method_for(self, x: torch.Tensor, padding=None) -> str:
+        """The method ``gabors_f`` uses for ``x``: 'spectral', 'grouped' or 'dense'."""
+        if self.method not in METHODS:
+            raise ValueError(f"VOneBlock.method must be one of {METHODS}, got {self.method!r}")
+        if self.method == 'dense' or self._filter_plans() is None:
+            return 'dense'
+        if self.method != 'auto':
+            return self.method
+        padding = self.simple_conv_q0.padding if padding is None else padding
+        side = lambda n: (n + 2 * padding - self.config.ksize) // self.stride + 1
+        positions = side(x.shape[-2]) * side(x.shape[-1])
+        return 'spectral' if x.device.type == 'cpu' and positions >= self.SPECTRAL_MIN_POSITIONS else 'grouped'
+
+    def _gabor_plan(self, x, padding):
+        method = self.method_for(x, padding)
+        return None if method == 'dense' else self._filter_plans()[method]
+
+    def _filter_plans(self) -> Optional[dict]:
+        """The regrouped filters for each fast method, rebuilt whenever the weights change; None
+        means use the dense path (a filter reads several colour channels, or someone hooks the
+        filter-bank modules and expects them to run)."""
         q0, q1 = self.simple_conv_q0, self.simple_conv_q1
         if q0._forward_hooks or q1._forward_hooks or q0._forward_pre_hooks or q1._forward_pre_hooks:
             return None
         key = (q0.weight._version, q1.weight._version, q0.weight.data_ptr(), q1.weight.data_ptr(),
                q0.weight.device, q0.weight.dtype)
-        if key != self._grouped_key:
+        if key != self._plans_key:
+            arguments = (q0.weight.detach(), q1.weight.detach(), self.simple_channels, self.stride, q0.padding)
             try:
-                self._grouped = GroupedGabors(q0.weight.detach(), q1.weight.detach(), self.simple_channels,
-                                              self.stride, q0.padding)
+                self._plans = {'grouped': GroupedGabors(*arguments), 'spectral': SpectralGabors(*arguments)}
             except NotSingleChannel:
-                self._grouped = None
-            self._grouped_key = key
-        return self._grouped
+                self._plans = None
+            self._plans_key = key
+        return self._plans
+
+    def _grouped_gabors(self) -> Optional[GroupedGabors]:
+        plans = self._filter_plans()
+        return None if plans is None else plans['grouped']
 
     def noise_f(self, x):
         """Add noise in the block's mode, then rectify. The arithmetic order is the original's."""

@@ -23,7 +23,7 @@ class NotSingleChannel(ValueError):
 
 def colour_channels(weight: torch.Tensor) -> torch.Tensor:
     """The input channel each filter reads; raises if a filter reads several."""
-    nonzero = weight.detach().reshape(weight.shape[0], weight.shape[1], -1).ne(0).any(dim=2)
+    nonzero = weight.detach().flatten(2).ne(0).any(dim=2)
     counts = nonzero.sum(dim=1)
     if (counts > 1).any():
         raise NotSingleChannel(f"{int((counts > 1).sum())} filter(s) read more than one colour channel")
