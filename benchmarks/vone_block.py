@@ -1,10 +1,13 @@
-"""VOneBlock forward: ours (filters regrouped by colour channel) against the original code.
+"""VOneBlock forward: ours (each fast method) against the original code.
 
-    .venv/bin/python benchmarks/vone_block.py [--repeats 5] [--batches 8 32]
+    .venv/bin/python benchmarks/vone_block.py [--repeats 5] [--batches 8 32] [--sides 6 12 24 56]
 
 Both blocks hold the same filters (ours loads the original's weights). Timings alternate between
-the two, repeat, and report the median; the error is max |ours - original| / max |original|.
-Target: at least 8x at batch 8 and 32, error at most 1e-5.
+the original and each of our methods ('auto' = what the block picks for the input, 'spectral',
+'grouped'), repeat, and report the median; the error is max |ours - original| / max |original|.
+Target: 'auto' at least 8x the original at batch 8 and 32, error at most 1e-5. ``--sides`` also
+times 'spectral' against 'grouped' on unpadded crops whose output is side x side positions (what
+V1 benchmarks record), which sets VOneBlock.SPECTRAL_MIN_POSITIONS.
 """
 import argparse
 import os
@@ -20,6 +23,8 @@ from vonenet_brainscore.reference import load_reference
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 parser.add_argument('--repeats', type=int, default=5)
 parser.add_argument('--batches', type=int, nargs='+', default=[8, 32])
+parser.add_argument('--methods', nargs='+', default=['auto', 'spectral', 'grouped'])
+parser.add_argument('--sides', type=int, nargs='*', default=[])
 parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
 args = parser.parse_args()
 device = torch.device(args.device)
@@ -30,29 +35,56 @@ ours = VOneBlock(noise_mode=None).to(device).eval()
 ours.load_state_dict(original.state_dict())
 
 
-def timed(block, images):
+def timed(function, images):
     if device.type == 'cuda':
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
-        output = block(images)
+        output = function(images)
     if device.type == 'cuda':
         torch.cuda.synchronize()
     return time.perf_counter() - start, output
+
+
+def with_method(method, function=ours):
+    def run(images, **kwargs):
+        ours.method = method
+        return function(images, **kwargs)
+    return run
 
 
 print(f"device {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
       f"{torch.get_num_threads()} threads), torch {torch.__version__}")
 for batch in args.batches:
     images = (torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch)) * 2 - 1).to(device)
-    timed(original, images), timed(ours, images)  # warm-up
-    times = {'original': [], 'ours': []}
+    runners = {'original': original, **{method: with_method(method) for method in args.methods}}
+    for runner in runners.values():
+        timed(runner, images)  # warm-up (and the spectral method's one-off filter spectra)
+    times = {name: [] for name in runners}
+    outputs = {}
     for _ in range(args.repeats):
-        t, expected = timed(original, images.clone())
-        times['original'].append(t)
-        t, actual = timed(ours, images)
-        times['ours'].append(t)
-    error = ((actual - expected).abs().max() / expected.abs().max()).item()
-    t_original, t_ours = statistics.median(times['original']), statistics.median(times['ours'])
-    print(f"batch {batch:3d}: original {batch / t_original:7.1f} img/s, ours {batch / t_ours:7.1f} img/s, "
-          f"speed-up {t_original / t_ours:5.2f}x, max error {error:.1e} of the output max")
+        for name, runner in runners.items():
+            t, outputs[name] = timed(runner, images.clone())
+            times[name].append(t)
+    t_original = statistics.median(times['original'])
+    print(f"batch {batch:3d}: original {batch / t_original:6.1f} img/s")
+    for method in args.methods:
+        t = statistics.median(times[method])
+        error = ((outputs[method] - outputs['original']).abs().max() / outputs['original'].abs().max()).item()
+        ours.method = "auto"
+        picked = f" (picks {ours.method_for(images)})" if method == "auto" else ""
+        print(f"  {method:9s}{picked:18s} {batch / t:6.1f} img/s, speed-up {t_original / t:5.2f}x, "
+              f"max error {error:.1e} of the output max")
+
+if args.sides:
+    print("unpadded crops, batch 32 (grouped vs spectral):")
+for side in args.sides:
+    size = (side - 1) * ours.stride + ours.config.ksize
+    crops = (torch.rand(32, 3, size, size, generator=torch.Generator().manual_seed(side)) * 2 - 1).to(device)
+    runs = {method: with_method(method, ours.gabors_f) for method in ('grouped', 'spectral')}
+    times = {method: [] for method in runs}
+    for _ in range(args.repeats + 1):
+        for method, run in runs.items():
+            times[method].append(timed(lambda x: run(x, padding=0), crops)[0])
+    t_g, t_s = (statistics.median(times[m][1:]) for m in ('grouped', 'spectral'))
+    print(f"  {side:3d} x {side:<3d} positions: grouped {32 / t_g:7.1f} img/s, spectral {32 / t_s:7.1f} img/s")

@@ -165,3 +165,16 @@ def test_gradients_equal_the_dense_paths():
     assert gradients['dense'].abs().sum() > 0
     for method in FAST_METHODS:
         _assert_close(gradients[method], gradients['dense'])
+
+
+@pytest.mark.parametrize('method', FAST_METHODS)
+def test_an_image_gets_the_same_bits_in_any_batch(method):
+    """Brain-Score batches images as it likes; each image's response must not depend on its batch."""
+    block = VOneBlock(noise_mode=None, image_size=96, simple_channels=32, complex_channels=32).eval()
+    block.method = method
+    images = _images(11)
+    with torch.no_grad():
+        together = block(images)
+        for index in (0, 5, 10):
+            assert torch.equal(block(images[index:index + 1])[0], together[index])
+        assert torch.equal(block(images[3:6]), together[3:6])
