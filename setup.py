@@ -34,6 +34,8 @@ setup(
         'requests',
         'filelock',
         'matplotlib',
+        # ImageNet-C corruptions; robustness/corruptions.py adapts it to current setuptools and scikit-image
+        'imagecorruptions==1.1.2',
     ],
     extras_require={'test': ['pytest', 'pytest-check']},
     entry_points={'console_scripts': ['vonenet-brainscore=vonenet_brainscore.cli:main']},

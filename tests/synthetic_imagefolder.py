@@ -1,7 +1,9 @@
-"""A tiny ImageFolder the tests generate: a few classes of noisy oriented colour gratings.
+"""A tiny ImageFolder the tests generate: a few classes of oriented, coloured gratings.
 
-Each class is one (orientation, colour) pair, so a small VOneNet learns it in a few steps; pixel
-noise and random phase make every image different. Layout: ``root/{train,val}/<class>/<i>.png``.
+Each class is one (orientation, colour) pair. Every image sums gratings of three spatial
+frequencies with random phases, so orientation and colour (what the VOneBlock's Gabors encode)
+identify the class after any crop or zoom of training augmentation. Layout:
+``root/{train,val}/<class>/<i>.png``.
 """
 from __future__ import annotations
 
@@ -13,16 +15,17 @@ from PIL import Image
 CLASSES = ('horizontal_red', 'vertical_green', 'diagonal_blue', 'antidiagonal_grey')
 _ORIENTATIONS = (0.0, np.pi / 2, np.pi / 4, 3 * np.pi / 4)
 _COLOURS = ((1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0), (0.7, 0.7, 0.7))
+_CYCLES = (3, 6, 12)  # per image: 0.4 to 1.5 cycles/degree at 64 px = 8 degrees
 
 
 def grating(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One uint8 RGB image of class ``class_index``."""
     ys, xs = np.mgrid[0:size, 0:size] / size
     theta = _ORIENTATIONS[class_index]
-    phase = rng.uniform(0, 2 * np.pi)
-    wave = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * (xs * np.cos(theta) + ys * np.sin(theta)) + phase)
-    image = wave[..., None] * np.asarray(_COLOURS[class_index])[None, None, :]
-    image = image + rng.normal(0, 0.08, image.shape)
+    along = xs * np.cos(theta) + ys * np.sin(theta)
+    wave = sum(np.sin(2 * np.pi * cycles * along + rng.uniform(0, 2 * np.pi)) for cycles in _CYCLES)
+    image = (0.5 + wave[..., None] / (2 * len(_CYCLES))) * np.asarray(_COLOURS[class_index])[None, None, :]
+    image = image + rng.normal(0, 0.05, image.shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 

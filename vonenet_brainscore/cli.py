@@ -193,6 +193,15 @@ def _brain_identifier(name: str) -> str:
     return name
 
 
+def _write_json(path, record):
+    if path:
+        from pathlib import Path
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + '\n')
+        print(f'wrote {path}')
+
+
 def _write_csv(path, records):
     import csv
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +247,177 @@ def _map_layers_arguments(parser):
 
 
 map_layers_command.arguments = _map_layers_arguments
+
+
+# --- validate -------------------------------------------------------------------------------------
+@verb('validate', 'ImageNet-style validation: top-1, top-5 and loss on <in-path>/val (an ImageFolder)')
+def validate_command(args):
+    from .imagenet import validate
+    model, weights = _load_model(args)
+    result = validate(model, args.in_path, split=args.split, batch_size=args.batch_size, workers=args.workers,
+                      ngpus=args.ngpus, noise_seed=args.noise_seed, max_images=args.max_images,
+                      progress=not args.quiet)
+    result = {'model': args.model, 'weights': weights, 'noise': not args.no_noise, **result}
+    print(f"{args.model} on {result['n_images']} images of {result['n_classes']} classes ({args.in_path}/{args.split}): "
+          f"top-1 {result['top1']:.4f}, top-{result['topk']} {result['top5']:.4f}, loss {result['loss']:.4f} "
+          f"({result['images_per_second']:.1f} images/s on {result['device']})")
+    if args.untrained:
+        print('warning: untrained back-end: accuracy is at chance by construction', file=sys.stderr)
+    _write_json(args.output, result)
+
+
+def _validate_arguments(parser):
+    _model_arguments(parser)
+    parser.add_argument('--in-path', required=True, metavar='DIR', help='folder holding val/<class>/<image>')
+    parser.add_argument('--split', default='val', help='sub-folder to evaluate (default val)')
+    _loader_arguments(parser, batch_size=128)
+    parser.add_argument('--noise-seed', type=int, default=0,
+                        help='seed of the VOneBlock noise, for reproducible numbers (default 0)')
+    parser.add_argument('--max-images', type=int, help='evaluate an evenly spaced subset of this many images')
+    parser.add_argument('--output', metavar='JSON', help='write the result as JSON')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+
+
+def _loader_arguments(parser, batch_size):
+    from .imagenet import DEFAULT_WORKERS
+    parser.add_argument('--batch-size', type=int, default=batch_size, help=f'images per batch (default {batch_size})')
+    parser.add_argument('--workers', type=int, default=DEFAULT_WORKERS,
+                        help=f'data-loading processes (default {DEFAULT_WORKERS})')
+    parser.add_argument('--ngpus', type=int, default=0, help='GPUs to use (default 0: the CPU)')
+
+
+validate_command.arguments = _validate_arguments
+
+
+# --- train ----------------------------------------------------------------------------------------
+@verb('train', "train or fine-tune a VOneNet on an ImageFolder with the original recipe (torchrun for several GPUs)")
+def train_command(args):
+    from .imagenet import train
+    settings = {'noise_mode': None} if args.no_noise else {}
+    if args.image_size:
+        settings['image_size'] = args.image_size
+    history = train(args.in_path, args.output_path, args.model, pretrained=args.pretrained,
+                    weights_path=args.weights, num_classes=args.num_classes, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                    step_size=args.step_size, step_factor=args.step_factor, seed=args.seed, workers=args.workers,
+                    ngpus=args.ngpus, resume=args.resume, progress=not args.quiet, **settings)
+    if int(os.environ.get('RANK', 0)) != 0:
+        return
+    rows = [(r['epoch'], f"{r['lr']:.4g}", f"{r['train_loss']:.4f}", f"{r['train_top1']:.4f}",
+             f"{r['val_top1']:.4f}" if 'val_top1' in r else '-', r.get('checkpoint', '')) for r in history]
+    _print_table(('epoch', 'lr', 'train loss', 'train top-1', 'val top-1', 'checkpoint'), rows)
+
+
+def _train_arguments(parser):
+    parser.add_argument('model', help="back-end recipe to train: a published name (resnet50, alexnet, cornets, ...)")
+    parser.add_argument('--in-path', required=True, metavar='DIR', help='folder holding train/ (and val/) ImageFolders')
+    parser.add_argument('--output-path', required=True, metavar='DIR', help='where checkpoints and history.json go')
+    parser.add_argument('--epochs', type=int, default=70, help='total epochs (default 70)')
+    parser.add_argument('--lr', type=float, default=0.1, help='initial learning rate (default 0.1)')
+    parser.add_argument('--momentum', type=float, default=0.9)
+    parser.add_argument('--weight-decay', type=float, default=1e-4)
+    parser.add_argument('--step-size', type=int, default=20, help='epochs between learning-rate steps (default 20)')
+    parser.add_argument('--step-factor', type=float, default=0.1, help='learning-rate factor per step (default 0.1)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of initialisation, shuffling and noise (default 0)')
+    _loader_arguments(parser, batch_size=256)
+    parser.add_argument('--num-classes', type=int, help='classifier size (default: the number of class folders)')
+    parser.add_argument('--resume', metavar='PATH', help='continue from a checkpoint (or the latest in a folder)')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--pretrained', action='store_true', help='fine-tune from the published ImageNet weights')
+    source.add_argument('--weights', metavar='PATH', help='fine-tune from this checkpoint (published format)')
+    parser.add_argument('--no-noise', action='store_true', help='train without the VOneBlock noise')
+    parser.add_argument('--image-size', type=int, help='input size in pixels (default 224 = 8 degrees)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+train_command.arguments = _train_arguments
+
+
+# --- robustness -----------------------------------------------------------------------------------
+@verb('robustness', 'white-box PGD (with EOT) and common corruptions: a VOneNet beside its plain back-end')
+def robustness_command(args):
+    from pathlib import Path
+    from torchvision import transforms
+    from . import robustness
+    from .imagenet import image_folder
+    model, weights = _load_model(args)
+    models = {f'VOne{model.arch or "Net"}': robustness.pixel_space_model(model)}
+    if not args.no_backend:
+        try:
+            models[f'{model.arch} (torchvision)'] = robustness.plain_backend_model(
+                model.arch, num_classes=_num_outputs(model), weights_path=args.backend_weights)
+        except errors.VOneNetError as error:
+            print(f'warning: no plain back-end to compare with: {error}', file=sys.stderr)
+        if args.backend_weights is None:
+            print('warning: the plain back-end has random weights (pass --backend-weights for a trained one)',
+                  file=sys.stderr)
+    size = model.image_size
+    pixels = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+                                 transforms.ToTensor()])  # [0, 1]: attacks and corruptions act on pixels
+    data = image_folder(args.in_path, args.split, transform=pixels)
+    attacks = [(norm, _eps_grid(args, norm)) for norm in args.attacks]
+    corruptions = _corruption_list(args.corruptions)
+    table = robustness.evaluate_robustness(
+        models, data, attacks=attacks, corruptions=corruptions, severities=args.severities,
+        eot_draws=args.eot_draws, steps=args.steps, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, max_images=args.max_images, progress=not args.quiet)
+    summary = table.pivot_table(index=['family', 'strength'], columns='model', values='accuracy', sort=False)
+    print(summary.round(3).to_string())
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    for path in (output / 'robustness.csv', output / 'robustness.json'):
+        robustness.write_results(table, path)
+    plot = robustness.plot_robustness(table, output / 'robustness.png', title=f'{args.model} ({weights})')
+    print(f"wrote {output / 'robustness.csv'}, {output / 'robustness.json'} and {plot}")
+
+
+def _num_outputs(model) -> int:
+    from .imagenet import num_outputs
+    return num_outputs(model)
+
+
+def _eps_grid(args, norm):
+    from .robustness import DEFAULT_EPS
+    chosen = getattr(args, f'eps_{norm}')
+    return [float(eps) for eps in chosen] if chosen else list(DEFAULT_EPS[norm])
+
+
+def _corruption_list(names):
+    from .robustness import corruption_names
+    if names in (['none'], []):
+        return []
+    if len(names) == 1 and names[0] in ('common', 'extra', 'all', 'blur'):
+        return corruption_names(names[0])
+    return names
+
+
+def _robustness_arguments(parser):
+    _model_arguments(parser)
+    parser.add_argument('--in-path', required=True, metavar='DIR', help='folder holding <split>/<class>/<image>')
+    parser.add_argument('--split', default='val')
+    parser.add_argument('--attacks', nargs='*', default=['linf', 'l2', 'l1'], choices=['linf', 'l2', 'l1'],
+                        help='PGD norms (default all three; none: corruptions only)')
+    for norm in ('linf', 'l2', 'l1'):
+        parser.add_argument(f'--eps-{norm}', nargs='+', metavar='EPS',
+                            help=f'{norm} strengths in [0, 1] pixel units (default: 0 and doublings up to '
+                                 f'the paper\'s high strength)')
+    parser.add_argument('--steps', type=int, default=64, help='PGD iterations (default 64, as the paper)')
+    parser.add_argument('--eot-draws', type=int, default=8,
+                        help='noise draws averaged per gradient for stochastic models (default 8, as the paper)')
+    parser.add_argument('--corruptions', nargs='*', default=['common'],
+                        help="corruption names, or common (the 15 ImageNet-C), extra, all, blur, none")
+    parser.add_argument('--severities', nargs='+', type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument('--max-images', type=int, default=100, help='images to evaluate (default 100)')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--no-backend', action='store_true', help='evaluate the VOneNet alone')
+    parser.add_argument('--backend-weights', metavar='PATH', help='weights of the plain torchvision back-end')
+    parser.add_argument('--seed', type=int, default=0, help='seed of attacks, noise draws and corruptions')
+    parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--output', metavar='DIR', default='robustness', help='folder for CSV, JSON and plot')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+robustness_command.arguments = _robustness_arguments
 
 
 # --- plugin ---------------------------------------------------------------------------------------

@@ -82,6 +82,14 @@ def config_from_flags(flags: Mapping, source: str = 'checkpoint', **overrides) -
     return ARCH_ALIASES[key], VOneBlockConfig().replace(**settings)
 
 
+def _num_classes_from_flags(flags: Mapping, source: str) -> int:
+    """Size of the classifier head; published ImageNet checkpoints omit it (1000 classes)."""
+    value = flags.get('num_classes', 1000)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{source}: flag 'num_classes' must be a positive integer, got {value!r}")
+    return value
+
+
 def model_from_checkpoint(checkpoint: Mapping, source: str = 'checkpoint', expected_arch: Optional[str] = None,
                           **overrides) -> VOneNet:
     """Build the model the checkpoint's flags describe and load its weights, strictly."""
@@ -92,7 +100,8 @@ def model_from_checkpoint(checkpoint: Mapping, source: str = 'checkpoint', expec
     if expected_arch is not None and arch != expected_arch:
         raise CheckpointError(f"{source} is a {arch} checkpoint but a {expected_arch} model was requested; "
                               f"pick the matching model name or file")
-    model = build_vonenet(arch, config=config, init_seed=0)  # weights are overwritten below
+    num_classes = _num_classes_from_flags(flags, source)
+    model = build_vonenet(arch, num_classes=num_classes, config=config, init_seed=0)  # weights overwritten below
     state_dict = normalise_state_dict(checkpoint['state_dict'])
     result_keys = set(model.state_dict())
     missing = sorted(result_keys - set(state_dict))
