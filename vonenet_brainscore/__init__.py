@@ -11,7 +11,8 @@ __version__ = '0.1.0'
 # Brain-Score is heavy to import: the brain-model API loads on first use.
 _LAZY = {'brain_model': 'brain', 'list_identifiers': 'brain', 'map_layers': 'mapping',
          'load_recordings': 'recordings', 'neural_benchmark': 'predictivity',
-         'score_v1_properties': 'v1_properties.score'}
+         'score_v1_properties': 'v1_properties.score', 'validate': 'imagenet', 'train': 'imagenet',
+         'evaluate_robustness': 'robustness', 'pgd': 'robustness'}
 
 
 def __getattr__(name):

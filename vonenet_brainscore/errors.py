@@ -30,3 +30,11 @@ class StimulusError(VOneNetError):
 
 class DataError(VOneNetError):
     """Neural or behavioural data that is missing or malformed."""
+
+
+class DataWarning(UserWarning):
+    """An entry of an image folder that is not a class folder or not an image, and is skipped."""
+
+
+class DeviceError(VOneNetError, RuntimeError):
+    """The requested GPUs are not available, or several GPUs were requested without ``torchrun``."""

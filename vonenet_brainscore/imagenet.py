@@ -33,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, DataError, StimulusError, VOneNetError
+from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError
 from .model import VOneNet, build_vonenet
 from .preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
 from .vone import VOneBlock
@@ -51,14 +51,6 @@ HISTORY_FILE = 'history.json'
 # The classifier layer of each registered back-end, as a path inside the VOneNet.
 CLASSIFIER_MODULES = {'resnet50': 'model.fc', 'alexnet': 'model.classifier.6', 'cornets': 'model.decoder.linear'}
 _LISTED_NAMES = 10  # how many skipped entries a warning names before summarising the rest
-
-
-class DataWarning(UserWarning):
-    """An entry of an image folder that is not a class folder or not an image, and is skipped."""
-
-
-class DeviceError(VOneNetError, RuntimeError):
-    """The requested GPUs are not available, or several GPUs were requested without ``torchrun``."""
 
 
 # --- the image folder --------------------------------------------------------------------------------
