@@ -359,7 +359,8 @@ def robustness_command(args):
     corruptions = _corruption_list(args.corruptions)
     table = robustness.evaluate_robustness(
         models, data, attacks=attacks, corruptions=corruptions, severities=args.severities,
-        eot_draws=args.eot_draws, steps=args.steps, seed=args.seed, device=args.device,
+        eot_draws=args.eot_draws, steps=args.steps, step_fraction=args.step_fraction, seed=args.seed,
+        device=args.device,
         batch_size=args.batch_size, max_images=args.max_images, progress=not args.quiet)
     summary = table.pivot_table(index=['family', 'strength'], columns='model', values='accuracy', sort=False)
     print(summary.round(3).to_string())
@@ -402,6 +403,8 @@ def _robustness_arguments(parser):
                             help=f'{norm} strengths in [0, 1] pixel units (default: 0 and doublings up to '
                                  f'the paper\'s high strength)')
     parser.add_argument('--steps', type=int, default=64, help='PGD iterations (default 64, as the paper)')
+    parser.add_argument('--step-fraction', type=float, default=0.25,
+                        help='PGD step size as a fraction of eps (default 0.25, as the paper)')
     parser.add_argument('--eot-draws', type=int, default=8,
                         help='noise draws averaged per gradient for stochastic models (default 8, as the paper)')
     parser.add_argument('--corruptions', nargs='*', default=['common'],
