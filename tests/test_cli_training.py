@@ -1,5 +1,6 @@
 """The validate, train and robustness verbs, end to end on a tiny generated image folder."""
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -20,7 +21,8 @@ def folder(tmp_path_factory):
 def trained(folder, tmp_path_factory):
     output = tmp_path_factory.mktemp('run')
     assert main(['train', 'resnet50', '--in-path', str(folder), '--output-path', str(output)] + TRAIN) == 0
-    return output
+    yield output
+    shutil.rmtree(output, ignore_errors=True)  # checkpoints are ~200 MB each
 
 
 def test_train_writes_published_checkpoints_and_history(trained, capsys):
