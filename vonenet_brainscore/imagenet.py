@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError
 from .model import VOneNet, build_vonenet
 from .preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
-from .vone import VOneBlock
+from .vone.noise_control import noise_blocks, seeded_noise
 from .weights import ARCH_ALIASES, model_from_checkpoint, read_checkpoint
 from .zoo import get_model, model_record
 
@@ -199,27 +199,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-@contextmanager
-def _noise_seeded(model: nn.Module, seed: Optional[int]) -> Iterator[None]:
-    """Restart every VOneBlock's noise at ``seed`` for the duration (None: leave the noise as it is).
-
-    The noise is part of the model, so it stays on; seeding makes a run reproducible. Afterwards
-    each block gets its previous seed back (its stream restarts).
-    """
-    blocks = [module for module in model.modules() if isinstance(module, VOneBlock)]
-    if seed is None:
-        yield
-        return
-    previous = [getattr(block, '_noise_seed', None) for block in blocks]
-    for block in blocks:
-        block.reseed_noise(seed)
-    try:
-        yield
-    finally:
-        for block, old_seed in zip(blocks, previous):
-            block.reseed_noise(old_seed)
-
-
 # --- validation --------------------------------------------------------------------------------------
 
 def _evenly_spaced(total: int, count: Optional[int]) -> List[int]:
@@ -287,7 +266,7 @@ def validate(model: nn.Module, root, *, split: str = 'val', batch_size: int = 12
     network.eval()
     start = time.perf_counter()
     try:
-        with _noise_seeded(network, noise_seed):
+        with seeded_noise(network, noise_seed):
             totals = _evaluation_totals(runner, subset, len(dataset.classes), batch_size=batch_size,
                                         workers=workers, device=device, progress=progress,
                                         description=f'validate {split}')
@@ -575,7 +554,7 @@ def _validate_during_training(network: VOneNet, dataset: ImageFolderSplit, setti
     network.eval()
     start = time.perf_counter()
     try:
-        with _noise_seeded(network, settings.seed + processes.rank):
+        with seeded_noise(network, settings.seed + processes.rank):
             totals = _evaluation_totals(network, shard, n_classes, batch_size=settings.batch_size,
                                         workers=settings.workers, device=device, progress=progress,
                                         description='validate val')
@@ -714,7 +693,7 @@ def _train(root: Path, output_dir: Path, model, settings: TrainingSettings, proc
         val_set.transform = evaluation_transform(network.image_size)
 
     network.to(device)
-    for block in (module for module in network.modules() if isinstance(module, VOneBlock)):
+    for block in noise_blocks(network):
         block.reseed_noise(None)  # training noise from torch's RNG, which each epoch seeds
     runner: nn.Module = network
     if processes.distributed:

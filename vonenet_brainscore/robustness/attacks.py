@@ -21,14 +21,13 @@ import logging
 import math
 from typing import Callable, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import VOneNetError
-from ..vone import VOneBlock
+from ..vone.noise_control import derive_seed, noise_blocks, seeded_noise  # noqa: F401 (re-exported)
 
 LOG = logging.getLogger(__name__)
 
@@ -51,43 +50,12 @@ class AttackError(VOneNetError, ValueError):
 
 
 # --- noise control ------------------------------------------------------------------------------
-def noise_blocks(model: nn.Module) -> List[VOneBlock]:
-    """The VOneBlocks inside ``model`` (the source of its stochasticity)."""
-    return [module for module in model.modules() if isinstance(module, VOneBlock)]
-
-
 def is_stochastic(model: nn.Module) -> bool:
     """Whether a forward pass draws fresh VOneBlock noise (noise on and not frozen by fix_noise).
 
     Only the VOneBlock's noise is known here; other random layers are treated as deterministic.
     """
     return any(block.noise_mode is not None and block.fixed_noise is None for block in noise_blocks(model))
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 31-bit seed from integer keys, so seeds for different purposes never collide."""
-    return int(np.random.SeedSequence([int(k) % 2 ** 32 for k in keys]).generate_state(1)[0] % 2 ** 31)
-
-
-@contextlib.contextmanager
-def seeded_noise(model: nn.Module, seed: Optional[int]) -> Iterator[None]:
-    """Run ``model`` with its VOneBlock noise restarted at ``seed``, then restore each block's own stream.
-
-    The first block uses ``seed`` itself (so this equals ``reseed_noise(seed)`` on a VOneNet);
-    further blocks get seeds derived from it. ``seed=None`` leaves the noise alone.
-    """
-    blocks = noise_blocks(model)
-    if seed is None or not blocks:
-        yield
-        return
-    saved = [(block._noise_seed, block._noise_generator) for block in blocks]
-    try:
-        for index, block in enumerate(blocks):
-            block.reseed_noise(seed if index == 0 else derive_seed(seed, index))
-        yield
-    finally:
-        for block, (noise_seed, generator) in zip(blocks, saved):
-            block._noise_seed, block._noise_generator = noise_seed, generator
 
 
 @contextlib.contextmanager

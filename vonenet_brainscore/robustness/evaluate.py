@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..errors import DeviceError
 from ..model import VOneNet
 from .attacks import (DEFAULT_EPS, L1_SPARSITY, NORMS, PAPER_EOT_DRAWS, PAPER_STEP_FRACTION, PAPER_STEPS,
                       check_norm, derive_seed, evaluation_mode, pgd, seeded_noise)
@@ -57,7 +58,7 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     device = torch.device(device)
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} was requested but CUDA is not available here; "
+        raise DeviceError(f"device {device} was requested but CUDA is not available here; "
                            f"use device='cpu' or run on a machine with a GPU")
     return device
 

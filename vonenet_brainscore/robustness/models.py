@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..preprocessing import MEAN as VONENET_MEAN, STD as VONENET_STD
+from ..weights import normalise_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,7 +74,7 @@ def _state_dict_from(path: Path, map_location) -> dict:
                 break
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(f"weights file {path} holds no state dict of tensors")
-    return {key[len('module.'):] if key.startswith('module.') else key: value for key, value in checkpoint.items()}
+    return normalise_state_dict(checkpoint)
 
 
 def plain_backend_model(arch: str, num_classes: int = 1000, weights_path=None,
