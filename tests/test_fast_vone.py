@@ -86,7 +86,7 @@ def test_auto_picks_the_fourier_route_for_full_images_and_matmul_for_crops():
 
 def test_fast_path_is_used_and_does_less_work():
     block = VOneBlock(noise_mode=None, simple_channels=32, complex_channels=32, image_size=64)
-    grouped = block._grouped_gabors()
+    grouped = block._filter_plans()['grouped']
     assert grouped is not None
     assert sum(w.shape[0] for _, w in grouped.groups) == 32 + 2 * 32  # q0 for all, q1 for complex only
     assert all(w.shape[1] == 1 for _, w in grouped.groups)            # one colour channel per filter
@@ -98,9 +98,9 @@ def test_checkpoint_with_arbitrary_colour_assignment(tmp_path):
     path = tmp_path / 'block.pt'
     torch.save(source.state_dict(), path)
     block = VOneBlock(noise_mode=None, colour_seed=0, image_size=96, simple_channels=64, complex_channels=64)
-    before = block._grouped_gabors().inverse.clone()
+    before = block._filter_plans()['grouped'].inverse.clone()
     block.load_state_dict(torch.load(path, weights_only=True))
-    assert not torch.equal(block._grouped_gabors().inverse, before), 'regrouping must follow the new weights'
+    assert not torch.equal(block._filter_plans()['grouped'].inverse, before), 'regrouping must follow the new weights'
     for method in FAST_METHODS:
         fast, dense = _both_paths(block, _images(2), method)
         _assert_close(fast, dense)
@@ -127,7 +127,7 @@ def test_multichannel_filters_fall_back_to_the_dense_path():
     block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8)
     with torch.no_grad():
         block.simple_conv_q0.weight[0, :] = block.simple_conv_q0.weight[0].sum(0, keepdim=True)
-    assert block._grouped_gabors() is None
+    assert block._filter_plans() is None
     fast, dense = _both_paths(block, _images(2, size=64))
     assert torch.equal(fast, dense)
 

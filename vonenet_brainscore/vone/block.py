@@ -209,10 +209,6 @@ class VOneBlock(nn.Module):
             self._plans_key = key
         return self._plans
 
-    def _grouped_gabors(self) -> Optional[GroupedGabors]:
-        plans = self._filter_plans()
-        return None if plans is None else plans['grouped']
-
     def noise_f(self, x):
         """Add noise in the block's mode, then rectify. The arithmetic order is the original's."""
         if self.noise_mode == 'neuronal':

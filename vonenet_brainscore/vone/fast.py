@@ -65,7 +65,3 @@ class GroupedGabors:
         stacked = torch.cat(outputs, dim=1).index_select(1, self.inverse.to(x.device))
         stacked = stacked.view(batch, -1, rows, cols)
         return stacked[:, :self.n_q0], stacked[:, self.n_q0:]
-
-    def to(self, device) -> 'GroupedGabors':
-        self.groups = [(colour, weight.to(device)) for colour, weight in self.groups]
-        return self

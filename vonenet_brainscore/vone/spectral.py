@@ -133,7 +133,3 @@ class SpectralGabors:
                     out[chunk].index_copy_(1, targets[1::2], maps[..., 1])          # imaginary parts
                     start += pairs
         return out[:, :self.n_q0], out[:, self.n_q0:self.n_out]
-
-    def to(self, device) -> 'SpectralGabors':
-        self.groups = [(colour, pairs.to(device), channels.to(device)) for colour, pairs, channels in self.groups]
-        return self
