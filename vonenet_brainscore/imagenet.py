@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError
+from .files import write_atomically
 from .model import VOneNet, build_vonenet
 from .preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
 from .vone.noise_control import noise_blocks, seeded_noise
@@ -373,31 +373,16 @@ def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: i
             'optimizer': optimizer.state_dict()}
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def save_checkpoint(path, checkpoint: dict) -> Path:
     """Write ``checkpoint`` atomically."""
     path = Path(path)
-    _atomic_write(path, lambda stream: torch.save(checkpoint, stream))
+    write_atomically(path, lambda stream: torch.save(checkpoint, stream))
     return path
 
 
 def _write_history(output_dir: Path, history: list) -> None:
     text = json.dumps(history, indent=1).encode()
-    _atomic_write(output_dir / HISTORY_FILE, lambda stream: stream.write(text))
+    write_atomically(output_dir / HISTORY_FILE, lambda stream: stream.write(text))
 
 
 def _read_history(output_dir: Path, before_epoch: int) -> list:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import VOneNetError
+from .files import write_atomically
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -102,7 +103,7 @@ def write_region_layer_maps(folder: Optional[PathLike] = None) -> List[Path]:
     written = []
     for identifier, text in region_layer_map_texts().items():
         path = folder / f'{identifier}.json'
-        _write_atomically(path, text.encode('utf-8'))
+        write_atomically(path, lambda stream: stream.write(text.encode('utf-8')), mode=0o644)
         written.append(path)
     return written
 
@@ -375,18 +376,6 @@ def build_submission(out_zip: PathLike, source_dir: Optional[PathLike] = None) -
             raise PluginError(f"could not write the submission {out_zip}: {error}") from error
         raise
     return out_zip
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, part = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-        os.chmod(part, 0o644)
-        os.replace(part, path)
-    except BaseException:
-        _unlink_quietly(part)
-        raise
 
 
 def _unlink_quietly(path: PathLike) -> None:
