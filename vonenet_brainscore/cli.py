@@ -339,13 +339,13 @@ def robustness_command(args):
     from pathlib import Path
     from torchvision import transforms
     from . import robustness
-    from .imagenet import image_folder
+    from .imagenet import image_folder, num_outputs
     model, weights = _load_model(args)
     models = {f'VOne{model.arch or "Net"}': robustness.pixel_space_model(model)}
     if not args.no_backend:
         try:
             models[f'{model.arch} (torchvision)'] = robustness.plain_backend_model(
-                model.arch, num_classes=_num_outputs(model), weights_path=args.backend_weights)
+                model.arch, num_classes=num_outputs(model), weights_path=args.backend_weights)
         except errors.VOneNetError as error:
             print(f'warning: no plain back-end to compare with: {error}', file=sys.stderr)
         if args.backend_weights is None:
@@ -370,11 +370,6 @@ def robustness_command(args):
         robustness.write_results(table, path)
     plot = robustness.plot_robustness(table, output / 'robustness.png', title=f'{args.model} ({weights})')
     print(f"wrote {output / 'robustness.csv'}, {output / 'robustness.json'} and {plot}")
-
-
-def _num_outputs(model) -> int:
-    from .imagenet import num_outputs
-    return num_outputs(model)
 
 
 def _eps_grid(args, norm):
