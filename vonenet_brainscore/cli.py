@@ -464,7 +464,7 @@ def _print_table(header, rows):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='vonenet-brainscore', description='VOneNets as Brain-Score brain models: '
-                                     'build, classify, score, submit.')
+                                     'build, classify, score, submit, validate, train, test robustness.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log progress details')
     sub = parser.add_subparsers(dest='verb', metavar='VERB', required=True)
     for name, function in VERBS.items():
