@@ -20,7 +20,7 @@ setup(
     package_dir={'vonenet_brainscore.commitments': 'commitments'},
     include_package_data=True,
     package_data={'vonenet_brainscore.commitments': ['*.json'],
-                  'vonenet_brainscore': ['plugin/*', 'plugin/*/*', 'v1_properties/*.json']},
+                  'vonenet_brainscore': ['plugin/*', 'plugin/*/*', 'v1_properties/*.json', 'vone/*.c']},
     install_requires=[
         'torch==2.14.1',
         'torchvision==0.29.1',

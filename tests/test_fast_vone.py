@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from vonenet_brainscore import VOneBlock
+from vonenet_brainscore.vone import native
 
 TOLERANCE = 1e-5  # of the output's maximum
 
@@ -11,7 +12,12 @@ def _images(n, size=96, seed=0):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-FAST_METHODS = ['spectral', 'grouped']
+# The compiled kernels need a C compiler; where there is one (CI, this project's machines) a failure
+# to build them fails these tests.
+COMPILED = pytest.param('compiled', marks=pytest.mark.skipif(native.find_compiler() is None,
+                                                              reason='no C compiler to build the kernels'))
+DIFFERENTIABLE_METHODS = ['spectral', 'grouped']
+FAST_METHODS = [COMPILED] + DIFFERENTIABLE_METHODS
 
 
 def _both_paths(block, images, method='auto'):
@@ -40,21 +46,21 @@ def test_fast_equals_dense(method, noise_mode, batch):
     _assert_close(fast, dense)
 
 
-def test_published_size_block_is_exact_with_each_method():
+@pytest.mark.parametrize('method', FAST_METHODS)
+def test_published_size_block_is_exact_with_each_method(method):
     """The published settings: 512 channels, 25 px filters, 224 px images (odd batch)."""
     block = VOneBlock(noise_mode=None).eval()
-    images = _images(3, size=224)
-    for method in FAST_METHODS:
-        fast, dense = _both_paths(block, images, method)
-        _assert_close(fast, dense)
+    fast, dense = _both_paths(block, _images(3, size=224), method)
+    _assert_close(fast, dense)
 
 
+@pytest.mark.parametrize('method', [COMPILED, 'spectral'])
 @pytest.mark.parametrize('odd_channels', [(7, 6), (5, 0), (0, 5)])
-def test_spectral_pairs_odd_filter_counts(odd_channels):
+def test_fourier_methods_pair_odd_filter_counts(method, odd_channels):
     """Filters are paired as complex kernels per colour; an odd count leaves one unpaired."""
     simple, complex_ = odd_channels
     block = VOneBlock(noise_mode=None, image_size=64, simple_channels=simple, complex_channels=complex_)
-    fast, dense = _both_paths(block, _images(2, size=64), 'spectral')
+    fast, dense = _both_paths(block, _images(2, size=64), method)
     _assert_close(fast, dense)
 
 
@@ -73,9 +79,26 @@ def test_spectral_handles_any_input_size_and_padding(size, padding):
         _assert_close(got, want)
 
 
+@pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
+@pytest.mark.parametrize('size, padding', [(224, 12), (69, 0), (57, 3), (7, 12), (100, 0)])
+def test_compiled_cells_handle_any_input_size_and_padding(size, padding):
+    from vonenet_brainscore.vone.compiled import CompiledCells
+    block = VOneBlock(noise_mode=None, simple_channels=10, complex_channels=9)
+    q0, q1 = block.simple_conv_q0.weight.detach(), block.simple_conv_q1.weight.detach()
+    compiled = CompiledCells(q0, q1, 10, 4, 12, native.kernels(), pairs_per_unit=2, images_per_call=2)
+    images = torch.rand(3, 3, size, size + 5, generator=torch.Generator().manual_seed(size))
+    got = compiled(images, (2.0, 0.5), padding)
+    want_q0 = torch.nn.functional.conv2d(images, q0, stride=4, padding=padding)
+    want_q1 = torch.nn.functional.conv2d(images, q1, stride=4, padding=padding)
+    want = torch.cat([2.0 * want_q0[:, :10].clamp(min=0), 0.5 * torch.hypot(want_q0[:, 10:], want_q1[:, 10:])], 1)
+    assert got.shape == want.shape
+    _assert_close(got, want)
+
+
 def test_auto_picks_the_fourier_route_for_full_images_and_matmul_for_crops():
     block = VOneBlock(noise_mode=None, simple_channels=8, complex_channels=8)
-    assert block.method_for(torch.zeros(1, 3, 224, 224)) == 'spectral'
+    fourier = 'compiled' if native.kernels() is not None else 'spectral'
+    assert block.method_for(torch.zeros(1, 3, 224, 224)) == fourier
     assert block.method_for(torch.zeros(1, 3, 69, 69), padding=0) == 'grouped'
     block.method = 'dense'
     assert block.method_for(torch.zeros(1, 3, 224, 224)) == 'dense'
@@ -92,7 +115,8 @@ def test_fast_path_is_used_and_does_less_work():
     assert all(w.shape[1] == 1 for _, w in grouped.groups)            # one colour channel per filter
 
 
-def test_checkpoint_with_arbitrary_colour_assignment(tmp_path):
+@pytest.mark.parametrize('method', FAST_METHODS)
+def test_checkpoint_with_arbitrary_colour_assignment(tmp_path, method):
     """Weights from elsewhere (e.g. a published checkpoint) with another colour draw stay exact."""
     source = VOneBlock(noise_mode=None, colour_seed=123, image_size=96, simple_channels=64, complex_channels=64)
     path = tmp_path / 'block.pt'
@@ -101,14 +125,14 @@ def test_checkpoint_with_arbitrary_colour_assignment(tmp_path):
     before = block._filter_plans()['grouped'].inverse.clone()
     block.load_state_dict(torch.load(path, weights_only=True))
     assert not torch.equal(block._filter_plans()['grouped'].inverse, before), 'regrouping must follow the new weights'
-    for method in FAST_METHODS:
-        fast, dense = _both_paths(block, _images(2), method)
-        _assert_close(fast, dense)
-        with torch.no_grad():
-            _assert_close(fast, source(_images(2)))
+    fast, dense = _both_paths(block, _images(2), method)
+    _assert_close(fast, dense)
+    with torch.no_grad():
+        _assert_close(fast, source(_images(2)))
 
 
-def test_random_per_filter_assignment():
+@pytest.mark.parametrize('method', FAST_METHODS)
+def test_random_per_filter_assignment(method):
     block = VOneBlock(noise_mode=None, image_size=64, simple_channels=16, complex_channels=16)
     generator = torch.Generator().manual_seed(9)
     with torch.no_grad():
@@ -118,9 +142,8 @@ def test_random_per_filter_assignment():
             bank.weight.zero_()
             channels = torch.randint(0, 3, (bank.weight.shape[0],), generator=generator)
             bank.weight[torch.arange(bank.weight.shape[0]), channels] = kernels[:, 0]
-    for method in FAST_METHODS:
-        fast, dense = _both_paths(block, _images(3, size=64), method)
-        _assert_close(fast, dense)
+    fast, dense = _both_paths(block, _images(3, size=64), method)
+    _assert_close(fast, dense)
 
 
 def test_multichannel_filters_fall_back_to_the_dense_path():
@@ -157,13 +180,13 @@ def test_gradients_equal_the_dense_paths():
     """Attacks differentiate through the block: each method must give the reference gradient."""
     block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8)
     gradients = {}
-    for method in FAST_METHODS + ['dense']:
+    for method in DIFFERENTIABLE_METHODS + ['dense']:
         block.method = method
         images = _images(2, size=64).requires_grad_()
         (block(images) * torch.linspace(0, 1, 16).view(1, 16, 1, 1)).sum().backward()
         gradients[method] = images.grad
     assert gradients['dense'].abs().sum() > 0
-    for method in FAST_METHODS:
+    for method in DIFFERENTIABLE_METHODS:
         _assert_close(gradients[method], gradients['dense'])
 
 
@@ -178,3 +201,51 @@ def test_an_image_gets_the_same_bits_in_any_batch(method):
         for index in (0, 5, 10):
             assert torch.equal(block(images[index:index + 1])[0], together[index])
         assert torch.equal(block(images[3:6]), together[3:6])
+
+
+def _compiled_block(**settings):
+    if native.kernels() is None:
+        pytest.skip(f'compiled kernels unavailable: {native.unavailable_reason()}')
+    return VOneBlock(noise_mode=None, image_size=96, simple_channels=16, complex_channels=16, **settings)
+
+
+def test_auto_leaves_the_compiled_kernels_when_they_cannot_serve():
+    """They are not differentiable, skip the 'simple'/'complex' hook points and take float32."""
+    block = _compiled_block()
+    images = _images(1)
+    assert block.method_for(images) == 'compiled'
+    assert block.method_for(images.double()) == 'spectral'
+    assert block.method_for(images.requires_grad_()) == 'spectral'
+    seen = []
+    handle = block.complex.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert block.method_for(_images(1)) == 'spectral'
+    with torch.no_grad():
+        block(_images(1))
+    handle.remove()
+    assert seen == [(1, 16, 24, 24)]
+    assert block.method_for(_images(1)) == 'compiled'
+
+
+def test_asking_for_compiled_where_it_cannot_serve_says_what_to_do():
+    block = _compiled_block()
+    block.method = 'compiled'
+    with pytest.raises(RuntimeError, match="not differentiable.*method = 'auto'"):
+        block(_images(1).requires_grad_())
+
+
+def test_compiled_follows_the_gain_and_new_weights():
+    block = _compiled_block()
+    images = _images(2)
+
+    def cells(method):
+        block.method = method
+        with torch.no_grad():
+            return block.gabors_f(images)  # before the final rectification, so a negative gain shows
+
+    for k_exc in (25.0, -3.0):
+        block.k_exc = k_exc
+        _assert_close(cells('compiled'), cells('dense'))
+    assert cells('compiled').max() <= 0
+    with torch.no_grad():
+        block.simple_conv_q0.weight.mul_(-1.5)
+    _assert_close(cells('compiled'), cells('dense'))

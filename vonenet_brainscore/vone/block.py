@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import native
+from .compiled import CompiledCells
 from .fast import GroupedGabors, NotSingleChannel
 from .spectral import SpectralGabors
 from .filters import GaborFilterBank, assign_colour_channels, gabor_kernels
@@ -18,8 +20,9 @@ from .params import GaborParameters, sample_gabor_parameters
 
 NOISE_MODES = (None, 'neuronal', 'gaussian')
 # Ways to compute the Gabor stage: 'dense' is the original's two convolutions (the reference);
-# 'grouped' and 'spectral' skip the work it discards; 'auto' picks the faster for the input.
-METHODS = ('auto', 'spectral', 'grouped', 'dense')
+# 'grouped' and 'spectral' skip the work it discards; 'compiled' is 'spectral' fused with the cells
+# in C kernels (CPU inference); 'auto' picks the fastest that applies to the input.
+METHODS = ('auto', 'compiled', 'spectral', 'grouped', 'dense')
 # Added under the square root of the neuronal noise so its gradient stays finite at zero rate.
 NEURONAL_NOISE_EPS = 10e-5
 
@@ -150,17 +153,20 @@ class VOneBlock(nn.Module):
 
     def gabors_f(self, x, padding=None):
         """Simple and complex cell responses times the gain, before noise."""
-        plan = self._gabor_plan(x, padding)
-        if plan is None:  # the original's arithmetic, operation for operation
+        method = self.method_for(x, padding)
+        if method == 'dense':  # the original's arithmetic, operation for operation
             q0 = self.simple_conv_q0(x, padding)
             q1 = self.simple_conv_q1(x, padding)
             s = self.simple(q0[:, :self.simple_channels])
             c = self.complex(torch.sqrt(q0[:, self.simple_channels:] ** 2 + q1[:, self.simple_channels:] ** 2)
                              / np.sqrt(2))
             return self.gabors(self.k_exc * torch.cat((s, c), 1))
+        if method == 'compiled':
+            self._check_compiled(x)
+            return self.gabors(self._compiled_plan()(x, (self.k_exc, self.k_exc / np.sqrt(2)), padding))
         # Same cells with fewer passes over memory: hypot for the energy, gain folded into one multiply,
         # results written straight into the output (differences are float32 rounding).
-        q0, q1_complex = plan(x, padding)
+        q0, q1_complex = self._filter_plans()[method](x, padding)
         s = self.simple(q0[:, :self.simple_channels])
         c = self.complex(torch.hypot(q0[:, self.simple_channels:], q1_complex))
         if torch.is_grad_enabled() and x.requires_grad:  # out= writes are not differentiable
@@ -171,11 +177,11 @@ class VOneBlock(nn.Module):
         return self.gabors(out)
 
     # Below this many output positions per image the direct matrix product beats the Fourier route
-    # (measured on CPU: benchmarks/vone_block.py --crops).
+    # (measured on CPU: benchmarks/vone_block.py --sides).
     SPECTRAL_MIN_POSITIONS = 256
 
     def method_for(self, x: torch.Tensor, padding=None) -> str:
-        """The method ``gabors_f`` uses for ``x``: 'spectral', 'grouped' or 'dense'."""
+        """The method ``gabors_f`` uses for ``x``: 'compiled', 'spectral', 'grouped' or 'dense'."""
         if self.method not in METHODS:
             raise ValueError(f"VOneBlock.method must be one of {METHODS}, got {self.method!r}")
         if self.method == 'dense' or self._filter_plans() is None:
@@ -185,11 +191,28 @@ class VOneBlock(nn.Module):
         padding = self.simple_conv_q0.padding if padding is None else padding
         side = lambda n: (n + 2 * padding - self.config.ksize) // self.stride + 1
         positions = side(x.shape[-2]) * side(x.shape[-1])
-        return 'spectral' if x.device.type == 'cpu' and positions >= self.SPECTRAL_MIN_POSITIONS else 'grouped'
+        if x.device.type != 'cpu' or positions < self.SPECTRAL_MIN_POSITIONS:
+            return 'grouped'
+        return 'compiled' if self._compiled_obstacle(x) is None else 'spectral'
 
-    def _gabor_plan(self, x, padding):
-        method = self.method_for(x, padding)
-        return None if method == 'dense' else self._filter_plans()[method]
+    def _compiled_obstacle(self, x: torch.Tensor):
+        """Why the compiled kernels cannot compute ``x`` (None when they can)."""
+        if x.device.type != 'cpu' or x.dtype != torch.float32:
+            return f"they take float32 CPU input, not {x.dtype} on {x.device}"
+        if torch.is_grad_enabled() and x.requires_grad:
+            return "they are not differentiable (x requires grad)"
+        if (type(self.simple) is not nn.ReLU or type(self.complex) is not nn.Identity
+                or any(m._forward_hooks or m._forward_pre_hooks for m in (self.simple, self.complex))):
+            return "they do not run the 'simple' and 'complex' modules, which are hooked or replaced"
+        if native.kernels() is None:
+            return native.unavailable_reason()
+        return None
+
+    def _check_compiled(self, x: torch.Tensor) -> None:
+        obstacle = self._compiled_obstacle(x)
+        if obstacle is not None:
+            raise RuntimeError(f"VOneBlock.method = 'compiled' cannot be used here: {obstacle}. "
+                               f"Use method = 'auto' (picks what applies) or 'spectral'.")
 
     def _filter_plans(self) -> Optional[dict]:
         """The regrouped filters for each fast method, rebuilt whenever the weights change; None
@@ -208,6 +231,15 @@ class VOneBlock(nn.Module):
                 self._plans = None
             self._plans_key = key
         return self._plans
+
+    def _compiled_plan(self) -> CompiledCells:
+        """The compiled method's units, built on first use (after the kernels are compiled)."""
+        plans = self._filter_plans()
+        if 'compiled' not in plans:
+            q0, q1 = self.simple_conv_q0, self.simple_conv_q1
+            plans['compiled'] = CompiledCells(q0.weight, q1.weight, self.simple_channels, self.stride, q0.padding,
+                                              native.kernels())
+        return plans['compiled']
 
     def noise_f(self, x):
         """Add noise in the block's mode, then rectify. The arithmetic order is the original's."""

@@ -33,13 +33,33 @@ def fft_size(length: int, padding: int, outputs: int, stride: int, ksize: int) -
 
     The image sits at ``[padding, padding + length)``; circular reads past the end may wrap only
     into the leading zero padding, so the length needs ``>= padding + length`` and
-    ``>= (outputs - 1) * stride + ksize - padding``.
+    ``>= (outputs - 1) * stride + ksize - padding``; the fold holds at least ``outputs`` positions.
     """
-    needed = max(padding + length, (outputs - 1) * stride + ksize - padding, stride)
+    needed = max(padding + length, (outputs - 1) * stride + ksize - padding, outputs * stride)
     folded = -(-needed // stride)
     while not _is_smooth(folded):
         folded += 1
     return folded * stride
+
+
+def fold(spectrum: torch.Tensor, stride: int) -> torch.Tensor:
+    """(lead, N_h, N_w) -> (lead, s^2, M_h M_w): the s^2 aliases of each frequency of the
+    subsampled (M = N / s) grid, whose mean is the subsampled output's spectrum."""
+    s = stride
+    lead, n_h, n_w = spectrum.shape
+    blocks = spectrum.reshape(lead, s, n_h // s, s, n_w // s).permute(0, 1, 3, 2, 4)
+    return blocks.reshape(lead, s * s, (n_h // s) * (n_w // s))
+
+
+def folded_filter_spectra(kernels: torch.Tensor, size: Tuple[int, int], stride: int) -> torch.Tensor:
+    """(pairs, k, k) complex kernels -> (pairs, s^2, M_h M_w) complex128: what each output
+    frequency's alias inner product multiplies the image's aliases by, for a correlation at
+    ``stride`` on an FFT grid of ``size`` (the 1 / s^2 of the fold's mean included)."""
+    n_h, n_w = size
+    ksize = kernels.shape[-1]
+    padded = F.pad(kernels.to(torch.complex128).conj(), (0, n_w - ksize, 0, n_h - ksize))
+    # correlating with k multiplies by conj(FFT(conj k))
+    return fold(torch.fft.fft2(padded).conj() / stride ** 2, stride)
 
 
 class SpectralGabors:
@@ -78,24 +98,14 @@ class SpectralGabors:
         if key not in self._spectra:
             if len(self._spectra) >= self.cached_sizes:
                 self._spectra.pop(next(iter(self._spectra)))
-            n_h, n_w = size
             spectra = []
             for _, pairs, _ in self.groups:
-                kernels = pairs.to(device=device, dtype=torch.complex128)
-                padded = F.pad(kernels.conj(), (0, n_w - self.ksize, 0, n_h - self.ksize))
-                # correlating with k multiplies by conj(FFT(conj k)); the fold averages s^2 aliases
-                spectrum = self._aliases(torch.fft.fft2(padded).conj() / self.stride ** 2).to(dtype)
+                spectrum = folded_filter_spectra(pairs.to(device), size, self.stride)
+                spectrum = spectrum.permute(2, 1, 0).to(dtype)                      # (M_h M_w, s^2, pairs)
                 spectra.append([spectrum[..., start:start + self.pairs_per_pass].contiguous()
                                 for start in range(0, spectrum.shape[-1], self.pairs_per_pass)])
             self._spectra[key] = spectra
         return self._spectra[key]
-
-    def _aliases(self, spectrum: torch.Tensor) -> torch.Tensor:
-        """(lead, N_h, N_w) -> (M_h M_w, s^2, lead): the s^2 aliases of each folded frequency."""
-        s = self.stride
-        n_h, n_w = spectrum.shape[-2:]
-        blocks = spectrum.reshape(-1, s, n_h // s, s, n_w // s).permute(2, 4, 1, 3, 0)
-        return blocks.reshape((n_h // s) * (n_w // s), s * s, -1)
 
     def __call__(self, x: torch.Tensor, padding: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         padding = self.padding if padding is None else padding
@@ -119,7 +129,7 @@ class SpectralGabors:
                 images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, self.images_per_pass - b))
             images = torch.fft.fft2(images)                                          # (P, 3, N_h, N_w)
             for (colour, _, channels), passes in zip(self.groups, spectra):
-                aliases = self._aliases(images[:, colour]).transpose(1, 2).contiguous()  # (M², P, s²)
+                aliases = fold(images[:, colour], s).permute(2, 0, 1).contiguous()         # (M², P, s²)
                 channels = channels.to(x.device)
                 start = 0
                 for spectrum in passes:

@@ -1,0 +1,85 @@
+"""Building, caching and checking the compiled VOneBlock kernels, and doing without them."""
+import os
+import stat
+
+import pytest
+import torch
+
+from vonenet_brainscore import VOneBlock
+from vonenet_brainscore.vone import native
+
+needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
+
+
+@pytest.fixture
+def fresh_kernels():
+    """Forget the process's compiled kernels before and after the test."""
+    native.kernels.cache_clear()
+    yield
+    native.kernels.cache_clear()
+
+
+@needs_compiler
+def test_kernels_are_built_once_into_the_cache(fresh_kernels, isolated_cache):
+    built = native.kernels()
+    assert built is not None, native.unavailable_reason()
+    assert built.path.parent == isolated_cache / 'kernels'
+    assert [p.name for p in built.path.parent.iterdir()] == [built.path.name], 'no temporary files left'
+    modified = built.path.stat().st_mtime_ns
+    native.kernels.cache_clear()
+    again = native.kernels()
+    assert again.path == built.path and again.path.stat().st_mtime_ns == modified
+
+
+def test_disabling_compilation_falls_back_to_torch(fresh_kernels, monkeypatch):
+    monkeypatch.setenv(native.DISABLE_ENV, '1')
+    assert native.kernels() is None
+    assert native.DISABLE_ENV in native.unavailable_reason()
+    block = VOneBlock(noise_mode=None, image_size=96, simple_channels=8, complex_channels=8)
+    images = torch.rand(1, 3, 96, 96)
+    assert block.method_for(images) == 'spectral'
+    block.method = 'compiled'
+    with pytest.raises(RuntimeError, match=f"{native.DISABLE_ENV}.*method = 'auto'"):
+        block(images)
+
+
+def test_a_broken_compiler_is_reported_and_leaves_nothing_behind(fresh_kernels, monkeypatch, tmp_path,
+                                                                   isolated_cache):
+    compiler = tmp_path / 'broken-cc'
+    compiler.write_text('#!/bin/sh\necho "broken-cc: cannot compile anything" >&2\nexit 1\n')
+    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv('CC', str(compiler))
+    assert native.find_compiler() == str(compiler)
+    assert native.kernels() is None
+    assert 'broken-cc: cannot compile anything' in native.unavailable_reason()
+    kernels_dir = isolated_cache / 'kernels'
+    assert not kernels_dir.exists() or not os.listdir(kernels_dir)
+
+
+@needs_compiler
+def test_the_self_check_rejects_wrong_arithmetic(tmp_path):
+    """Built from a source whose complex cells forget their gain, the kernels fail the check."""
+    import ctypes
+    wrong = tmp_path / 'kernels.c'
+    source = native.SOURCE.read_text()
+    assert 'gain * sqrtf(' in source
+    wrong.write_text(source.replace('gain * sqrtf(', 'sqrtf('))
+    library = tmp_path / 'wrong.so'
+    assert os.system(f'{native.find_compiler()} -O2 -shared -fPIC {wrong} -o {library} -lm') == 0
+    kernels = native.Kernels(ctypes.CDLL(str(library)), library, ['-O2'])
+    assert native._self_check(kernels) == 'the compiled cells disagree with torch'
+    right = tmp_path / 'right.so'
+    assert os.system(f'{native.find_compiler()} -O2 -shared -fPIC {native.SOURCE} -o {right} -lm') == 0
+    assert native._self_check(native.Kernels(ctypes.CDLL(str(right)), right, ['-O2'])) is None
+
+
+def test_planar_blocks_layout():
+    """Block index first, then the leading dims, alias, (real, imaginary), VL frequencies."""
+    z = torch.complex(torch.arange(2 * 3 * 20, dtype=torch.float32), -torch.arange(2 * 3 * 20, dtype=torch.float32))
+    z = z.view(2, 3, 20)
+    blocks = native.planar_blocks(z)
+    vl = native.VECTOR_LENGTH
+    assert blocks.shape == (2, 2, 3, 2, vl)
+    assert torch.equal(blocks[1, 1, 2, 0, :4], z[1, 2, vl:vl + 4].real)
+    assert torch.equal(blocks[1, 1, 2, 1, :4], z[1, 2, vl:vl + 4].imag)
+    assert torch.equal(blocks[1, :, :, :, 4:], torch.zeros(2, 3, 2, vl - 4)), 'padding frequencies are zero'

@@ -1,0 +1,102 @@
+/* The VOneBlock's folded-spectrum Gabor stage, fused where torch operators cannot be.
+ *
+ * Compiled on first use by vone/native.py and called through ctypes, so the package installs
+ * without a build step. Two kernels:
+ *
+ *   contract: the per-frequency 16-alias inner products (image spectra x filter-pair spectra),
+ *             written straight into the layout the inverse FFT reads. With torch operators this
+ *             is a batched matrix product whose output must then be transposed in memory.
+ *   cells:    simple cells (gain * relu) and complex cells (gain * quadrature energy) from the
+ *             inverse-transformed maps, written straight into the VOneBlock's output channels.
+ *             With torch operators this is four element-wise passes and a scatter.
+ *
+ * Both are plain float32 arithmetic in a fixed order per output element, so an image's result does
+ * not depend on the batch it came in. No fast-math: NaN and infinity propagate as in torch.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#define VL 16     /* frequencies per vector (one AVX-512 register of floats) */
+#define PB 8      /* images held in registers at once */
+
+typedef float vec __attribute__((vector_size(VL * sizeof(float))));
+
+static inline vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+
+/* y[p][c][k] (interleaved complex, k < K) = sum_a x[p][a][k] * h[c][a][k]  for p < P, c < C.
+ *
+ * Frequencies come in blocks of VL; inside a block real and imaginary parts are planar:
+ *   x block kb, image p, alias a:  x + kb * x_block_stride + (p * A + a) * 2 * VL  (VL re, VL im)
+ *   h block kb, pair c, alias a:   h + ((kb * C + c) * A + a) * 2 * VL
+ * so each task (kb, c) streams one contiguous block of h and reuses a cached block of x. */
+void vone_contract(const float *x, const float *h, float *y, int P, int C, int A, int blocks, int K,
+                   long x_block_stride, int threads)
+{
+    const int alias_floats = 2 * VL;
+    const int block_floats = A * alias_floats;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int task = 0; task < blocks * C; task++) {
+        const int kb = task / C, c = task % C, k0 = kb * VL;
+        const int n = K - k0 < VL ? K - k0 : VL;
+        const float *hb = h + ((size_t)kb * C + c) * block_floats;
+        const float *xb = x + (size_t)kb * x_block_stride;
+        for (int p0 = 0; p0 < P; p0 += PB) {
+            const int pb = P - p0 < PB ? P - p0 : PB;
+            vec re[PB], im[PB];
+            for (int q = 0; q < PB; q++) { re[q] = (vec){0}; im[q] = (vec){0}; }
+            for (int a = 0; a < A; a++) {
+                const vec hr = load(hb + a * alias_floats), hi = load(hb + a * alias_floats + VL);
+                for (int q = 0; q < pb; q++) {
+                    const float *xp = xb + (size_t)(p0 + q) * block_floats + a * alias_floats;
+                    const vec xr = load(xp), xi = load(xp + VL);
+                    re[q] += xr * hr - xi * hi;
+                    im[q] += xr * hi + xi * hr;
+                }
+            }
+            for (int q = 0; q < pb; q++) {
+                float *out = y + (((size_t)(p0 + q) * C + c) * K + k0) * 2;
+                float r[VL], i[VL];
+                memcpy(r, &re[q], sizeof r);
+                memcpy(i, &im[q], sizeof i);
+                for (int j = 0; j < n; j++) { out[2 * j] = r[j]; out[2 * j + 1] = i[j]; }
+            }
+        }
+    }
+}
+
+/* Cells from the inverse-transformed maps of one unit of C filter pairs, for P images.
+ *
+ * a, b: maps[p][j][rows_in][cols_in] interleaved complex; part 0 (real) / 1 (imaginary) of pair j is
+ * slot part * C + j, written to output channel channels[slot] (skipped when negative) of
+ * out[p][channel][rows][cols] (images out_stride floats apart). Without b: simple cells,
+ * gain * relu(a). With b: complex cells, gain * sqrt(a^2 + b^2), a and b the two quadrature filters. */
+void vone_cells(const float *a, const float *b, float *out, const long *channels, int P, int C,
+                int rows_in, int cols_in, int rows, int cols, long out_stride, float gain, int threads)
+{
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (int p = 0; p < P; p++) {
+        for (int slot = 0; slot < 2 * C; slot++) {
+            const long channel = channels[slot];
+            if (channel < 0)
+                continue;
+            const int j = slot % C, part = slot / C;
+            const size_t source = ((size_t)p * C + j) * rows_in * cols_in * 2 + part;
+            float *target = out + (size_t)p * out_stride + (size_t)channel * rows * cols;
+            for (int r = 0; r < rows; r++) {
+                const float *ar = a + source + (size_t)r * cols_in * 2;
+                float *t = target + (size_t)r * cols;
+                if (b) {
+                    const float *br = b + source + (size_t)r * cols_in * 2;
+                    for (int c = 0; c < cols; c++)
+                        t[c] = gain * sqrtf(ar[2 * c] * ar[2 * c] + br[2 * c] * br[2 * c]);
+                } else {
+                    for (int c = 0; c < cols; c++) {
+                        const float v = ar[2 * c];
+                        t[c] = gain * (v < 0.f ? 0.f : v);  /* keeps NaN, as torch's relu */
+                    }
+                }
+            }
+        }
+    }
+}
