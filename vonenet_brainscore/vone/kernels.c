@@ -24,6 +24,36 @@ typedef float vec __attribute__((vector_size(VL * sizeof(float))));
 
 static inline vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 
+/* One task's inner products for ``np`` images (a compile-time constant after inlining, so the
+ * accumulators stay in registers): re/im += x * h over the A aliases, then stored interleaved. */
+static inline __attribute__((always_inline)) void
+images_block(const float *xb, const float *hb, float *y, int A, int C, int K, int k0, int n, int c, int p0,
+             const int np)
+{
+    const int alias_floats = 2 * VL, block_floats = A * alias_floats;
+    vec re[PB], im[PB];
+    for (int q = 0; q < np; q++) { re[q] = (vec){0}; im[q] = (vec){0}; }
+    for (int a = 0; a < A; a++) {
+        const vec hr = load(hb + a * alias_floats), hi = load(hb + a * alias_floats + VL);
+        #pragma GCC unroll 8
+        for (int q = 0; q < np; q++) {
+            const float *xp = xb + (size_t)(p0 + q) * block_floats + a * alias_floats;
+            const vec xr = load(xp), xi = load(xp + VL);
+            re[q] += xr * hr;   /* one fused multiply-add each */
+            re[q] -= xi * hi;
+            im[q] += xr * hi;
+            im[q] += xi * hr;
+        }
+    }
+    for (int q = 0; q < np; q++) {
+        float *out = y + (((size_t)(p0 + q) * C + c) * K + k0) * 2;
+        float r[VL], i[VL];
+        memcpy(r, &re[q], sizeof r);
+        memcpy(i, &im[q], sizeof i);
+        for (int j = 0; j < n; j++) { out[2 * j] = r[j]; out[2 * j + 1] = i[j]; }
+    }
+}
+
 /* y[p][c][k] (interleaved complex, k < K) = sum_a x[p][a][k] * h[c][a][k]  for p < P, c < C.
  *
  * Frequencies come in blocks of VL; inside a block real and imaginary parts are planar:
@@ -33,34 +63,26 @@ static inline vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return 
 void vone_contract(const float *x, const float *h, float *y, int P, int C, int A, int blocks, int K,
                    long x_block_stride, int threads)
 {
-    const int alias_floats = 2 * VL;
-    const int block_floats = A * alias_floats;
+    const int block_floats = A * 2 * VL;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int task = 0; task < blocks * C; task++) {
         const int kb = task / C, c = task % C, k0 = kb * VL;
         const int n = K - k0 < VL ? K - k0 : VL;
         const float *hb = h + ((size_t)kb * C + c) * block_floats;
         const float *xb = x + (size_t)kb * x_block_stride;
-        for (int p0 = 0; p0 < P; p0 += PB) {
-            const int pb = P - p0 < PB ? P - p0 : PB;
-            vec re[PB], im[PB];
-            for (int q = 0; q < PB; q++) { re[q] = (vec){0}; im[q] = (vec){0}; }
-            for (int a = 0; a < A; a++) {
-                const vec hr = load(hb + a * alias_floats), hi = load(hb + a * alias_floats + VL);
-                for (int q = 0; q < pb; q++) {
-                    const float *xp = xb + (size_t)(p0 + q) * block_floats + a * alias_floats;
-                    const vec xr = load(xp), xi = load(xp + VL);
-                    re[q] += xr * hr - xi * hi;
-                    im[q] += xr * hi + xi * hr;
-                }
-            }
-            for (int q = 0; q < pb; q++) {
-                float *out = y + (((size_t)(p0 + q) * C + c) * K + k0) * 2;
-                float r[VL], i[VL];
-                memcpy(r, &re[q], sizeof r);
-                memcpy(i, &im[q], sizeof i);
-                for (int j = 0; j < n; j++) { out[2 * j] = r[j]; out[2 * j + 1] = i[j]; }
-            }
+        for (int line = 0; line < block_floats; line += 16)  /* the next tasks' h: memory, not the */
+            __builtin_prefetch(hb + 4 * block_floats + line); /* arithmetic, bounds this loop */
+        int p0 = 0;
+        for (; p0 + PB <= P; p0 += PB)
+            images_block(xb, hb, y, A, C, K, k0, n, c, p0, PB);
+        switch (P - p0) {  /* the remaining images, each count with its own unrolled code */
+            case 7: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 7); break;
+            case 6: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 6); break;
+            case 5: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 5); break;
+            case 4: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 4); break;
+            case 3: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 3); break;
+            case 2: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 2); break;
+            case 1: images_block(xb, hb, y, A, C, K, k0, n, c, p0, 1); break;
         }
     }
 }
