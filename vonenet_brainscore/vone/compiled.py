@@ -73,7 +73,7 @@ class CompiledCells:
     """
 
     def __init__(self, q0: torch.Tensor, q1: torch.Tensor, simple_channels: int, stride: int, padding: int,
-                 kernels: Kernels, pairs_per_unit: int = 16, images_per_call: int = 8, cached_sizes: int = 2):
+                 kernels: Kernels, pairs_per_unit: int = 16, images_per_call: int = 16, cached_sizes: int = 2):
         self.stride, self.padding, self.ksize = stride, padding, q0.shape[-1]
         self.kernels = kernels
         self.images_per_call, self.cached_sizes = images_per_call, cached_sizes
