@@ -74,8 +74,15 @@ def test_robustness_compares_the_vonenet_with_its_backend(folder, trained, tmp_p
     assert set(table['model']) == {'VOneresnet50', 'resnet50 (torchvision)'}
     assert set(table['family']) == {'clean', 'pgd_linf', 'gaussian_blur'}
     assert (table['n'] == 8).all()
-    for _, rows in table[table['family'] == 'pgd_linf'].groupby('model'):
+    clean = table[table['family'] == 'clean'].set_index('model')['accuracy']
+    for model, rows in table[table['family'] == 'pgd_linf'].groupby('model'):
         by_eps = rows.set_index('strength')['accuracy']
-        assert by_eps[0.1] <= by_eps[0.0]
+        assert by_eps[0.0] == clean[model], 'eps 0 leaves the images, and the seeded noise, as they were'
+    # Three steps with two noise draws do not reliably weaken the noisy, barely trained VOneNet (its
+    # evaluation draw differs from the attack's); the deterministic back-end must not gain accuracy.
+    # Monotonic strength on deterministic and EOT-attacked models is tested in test_robustness.py.
+    backend = table[(table['family'] == 'pgd_linf') & (table['model'] == 'resnet50 (torchvision)')]
+    by_eps = backend.set_index('strength')['accuracy']
+    assert by_eps[0.1] <= by_eps[0.0]
     assert (output / 'robustness.png').stat().st_size > 0
     assert 'pgd_linf' in capsys.readouterr().out
