@@ -1,6 +1,7 @@
 """Building, caching and checking the compiled VOneBlock kernels, and doing without them."""
 import os
 import stat
+import warnings
 
 import pytest
 import torch
@@ -12,11 +13,20 @@ needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason='no C
 
 
 @pytest.fixture
-def fresh_kernels():
-    """Forget the process's compiled kernels before and after the test."""
+def fresh_kernels(monkeypatch):
+    """Forget the process's compiled kernels (and its one warning) before and after the test."""
     native.kernels.cache_clear()
+    monkeypatch.setattr(native, '_warned', False)
     yield
     native.kernels.cache_clear()
+
+
+def _broken_compiler(tmp_path, monkeypatch):
+    compiler = tmp_path / 'broken-cc'
+    compiler.write_text('#!/bin/sh\necho "broken-cc: cannot compile anything" >&2\nexit 1\n')
+    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv('CC', str(compiler))
+    return compiler
 
 
 @needs_compiler
@@ -37,7 +47,9 @@ def test_disabling_compilation_falls_back_to_torch(fresh_kernels, monkeypatch):
     assert native.DISABLE_ENV in native.unavailable_reason()
     block = VOneBlock(noise_mode=None, image_size=96, simple_channels=8, complex_channels=8)
     images = torch.rand(1, 3, 96, 96)
-    assert block.method_for(images) == 'spectral'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # switched off on purpose: nothing to warn about
+        assert block.method_for(images) == 'spectral'
     block.method = 'compiled'
     with pytest.raises(RuntimeError, match=f"{native.DISABLE_ENV}.*method = 'auto'"):
         block(images)
@@ -45,15 +57,23 @@ def test_disabling_compilation_falls_back_to_torch(fresh_kernels, monkeypatch):
 
 def test_a_broken_compiler_is_reported_and_leaves_nothing_behind(fresh_kernels, monkeypatch, tmp_path,
                                                                    isolated_cache):
-    compiler = tmp_path / 'broken-cc'
-    compiler.write_text('#!/bin/sh\necho "broken-cc: cannot compile anything" >&2\nexit 1\n')
-    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv('CC', str(compiler))
+    compiler = _broken_compiler(tmp_path, monkeypatch)
     assert native.find_compiler() == str(compiler)
     assert native.kernels() is None
     assert 'broken-cc: cannot compile anything' in native.unavailable_reason()
     kernels_dir = isolated_cache / 'kernels'
     assert not kernels_dir.exists() or not os.listdir(kernels_dir)
+
+
+def test_auto_says_once_why_it_runs_slower(fresh_kernels, monkeypatch, tmp_path):
+    _broken_compiler(tmp_path, monkeypatch)
+    block = VOneBlock(noise_mode=None, image_size=96, simple_channels=8, complex_channels=8)
+    images = torch.rand(1, 3, 96, 96)
+    with pytest.warns(RuntimeWarning, match="broken-cc: cannot compile anything.*'spectral'"):
+        assert block.method_for(images) == 'spectral'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert block.method_for(images) == 'spectral'
 
 
 @needs_compiler

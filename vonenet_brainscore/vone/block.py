@@ -193,7 +193,12 @@ class VOneBlock(nn.Module):
         positions = side(x.shape[-2]) * side(x.shape[-1])
         if x.device.type != 'cpu' or positions < self.SPECTRAL_MIN_POSITIONS:
             return 'grouped'
-        return 'compiled' if self._compiled_obstacle(x) is None else 'spectral'
+        obstacle = self._compiled_obstacle(x)
+        if obstacle is None:
+            return 'compiled'
+        if obstacle == native.unavailable_reason():
+            native.warn_unavailable_once()
+        return 'spectral'
 
     def _compiled_obstacle(self, x: torch.Tensor):
         """Why the compiled kernels cannot compute ``x`` (None when they can)."""

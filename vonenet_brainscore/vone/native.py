@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -168,3 +169,17 @@ def kernels() -> Optional[Kernels]:
 def unavailable_reason() -> Optional[str]:
     """Why :func:`kernels` returned None (None if it has not, or has not been called)."""
     return _reason
+
+
+_warned = False
+
+
+def warn_unavailable_once() -> None:
+    """Say once per process that a slower method stands in (unless the user switched them off)."""
+    global _warned
+    if _warned or os.environ.get(DISABLE_ENV, '').strip() not in ('', '0'):
+        return
+    _warned = True
+    warnings.warn(f"the VOneBlock's compiled kernels are unavailable ({_reason}); using the slower torch-only "
+                  f"'spectral' method. Install a C compiler (gcc or clang), or set {DISABLE_ENV}=1 to "
+                  f"silence this.", RuntimeWarning, stacklevel=4)
