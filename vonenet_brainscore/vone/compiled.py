@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from .fast import colour_channels
 from .native import Kernels, VECTOR_LENGTH, planar_blocks
-from .spectral import fft_size, fold, folded_filter_spectra
+from .spectral import fft_size, folded_filter_spectra
 
 
 class Unit(NamedTuple):
@@ -106,19 +106,24 @@ class CompiledCells:
         if batch == 0:
             return out
         spectra = self._unit_spectra((n_h, n_w))
-        padded = F.pad(x, (padding, n_w - width - padding, padding, n_h - height - padding))
-        images = fold(torch.fft.fft2(padded).view(batch * colours, n_h, n_w), s)
-        aliases = planar_blocks(images.view(batch, colours, s * s, frequencies).transpose(0, 1))
         threads = torch.get_num_threads()
+        padded = F.pad(x, (padding, n_w - width - padding, padding, n_h - height - padding))
+        half_spectra = torch.fft.rfft2(padded)
+        chunks = []  # per call's images, so each buffer is small enough for the allocator to reuse
+        for first in range(0, batch, self.images_per_call):
+            count = min(self.images_per_call, batch - first)
+            aliases = x.new_empty((blocks, colours, count, s * s, 2, VECTOR_LENGTH))
+            self.kernels.pack_aliases(half_spectra[first].data_ptr(), aliases.data_ptr(), count, colours, n_h, n_w,
+                                      s, blocks, threads)
+            chunks.append((first, count, aliases))
         for unit, unit_spectra in zip(self.units, spectra):
             pairs = unit_spectra[0].shape[1]
             gain = float(gains[1] if unit.complex_cells else gains[0])
-            for first in range(0, batch, self.images_per_call):
-                count = min(self.images_per_call, batch - first)
+            for first, count, aliases in chunks:
                 maps = []
                 for colour, filters in zip(unit.colours, unit_spectra):
                     products = torch.empty((count, pairs, m_h, m_w), dtype=torch.complex64)
-                    self.kernels.contract(aliases[0, colour, first].data_ptr(), filters.data_ptr(),
+                    self.kernels.contract(aliases[0, colour].data_ptr(), filters.data_ptr(),
                                           products.data_ptr(), count, pairs, s * s, blocks, frequencies,
                                           aliases.stride(0), threads)
                     maps.append(torch.fft.ifft2(products).contiguous())

@@ -122,3 +122,47 @@ void vone_cells(const float *a, const float *b, float *out, const long *channels
         }
     }
 }
+
+/* The images' aliases in vone_contract's x layout, x[kb][colour][p][a][re|im][VL] (zero past the
+ * last frequency), gathered from the half spectra r[p][colour][n_h][n_w / 2 + 1] (interleaved
+ * complex, torch.fft.rfft2 of real images). Alias a = (sh, sw) of folded frequency k = (mh, mw) is
+ * full-grid frequency (sh * m_h + mh, sw * m_w + mw); columns past n_w / 2 are the conjugates of
+ * their mirror (-u, -v), as the images are real. Replaces a full complex FFT and two copies. */
+void vone_pack_aliases(const float *r, float *x, int P, int colours, int n_h, int n_w, int stride, int blocks,
+                       int threads)
+{
+    const int m_h = n_h / stride, m_w = n_w / stride, frequencies = m_h * m_w, A = stride * stride;
+    const int half = n_w / 2 + 1;
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (int kb = 0; kb < blocks; kb++) {
+        for (int image = 0; image < colours * P; image++) {
+            const int colour = image / P, p = image % P;
+            const float *spectrum = r + ((size_t)p * colours + colour) * n_h * half * 2;
+            float *out = x + (((size_t)kb * colours + colour) * P + p) * A * 2 * VL;
+            int row[VL], column[VL], valid = 0;  /* folded (mh, mw) of the block's frequencies */
+            for (int j = 0, k = kb * VL; j < VL && k < frequencies; j++, k++, valid++) {
+                row[j] = k / m_w;
+                column[j] = k % m_w;
+            }
+            for (int a = 0; a < A; a++) {
+                const int sh = a / stride, sw = a % stride;
+                for (int j = 0; j < VL; j++) {
+                    float re = 0.f, im = 0.f;
+                    if (j < valid) {
+                        const int u = sh * m_h + row[j], v = sw * m_w + column[j];
+                        if (v < half) {
+                            re = spectrum[((size_t)u * half + v) * 2];
+                            im = spectrum[((size_t)u * half + v) * 2 + 1];
+                        } else {
+                            const int mirror_u = (n_h - u) % n_h, mirror_v = n_w - v;
+                            re = spectrum[((size_t)mirror_u * half + mirror_v) * 2];
+                            im = -spectrum[((size_t)mirror_u * half + mirror_v) * 2 + 1];
+                        }
+                    }
+                    out[a * 2 * VL + j] = re;
+                    out[a * 2 * VL + VL + j] = im;
+                }
+            }
+        }
+    }
+}

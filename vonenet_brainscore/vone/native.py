@@ -25,6 +25,8 @@ from typing import List, Optional
 
 import torch
 
+from .spectral import fold
+
 SOURCE = Path(__file__).with_name('kernels.c')
 DISABLE_ENV = 'VONENET_BRAINSCORE_NO_COMPILE'
 # Tried in order: the fastest build the compiler accepts. Never fast-math (NaN must propagate).
@@ -45,6 +47,9 @@ class Kernels:
         self.cells = library.vone_cells
         self.cells.argtypes = [_c_float_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float, ctypes.c_int]
         self.cells.restype = None
+        self.pack_aliases = library.vone_pack_aliases
+        self.pack_aliases.argtypes = [_c_float_p] * 2 + [ctypes.c_int] * 7
+        self.pack_aliases.restype = None
 
 
 def find_compiler() -> Optional[str]:
@@ -82,8 +87,17 @@ def _build(compiler: str, flags: List[str], target: Path) -> Optional[str]:
 
 
 def _self_check(kernels: Kernels) -> Optional[str]:
-    """Run both kernels on a small random problem and compare with torch's arithmetic."""
+    """Run the kernels on small random problems and compare with torch's arithmetic."""
     generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 8, 12, generator=generator)
+    stride = 4
+    folded = fold(torch.fft.fft2(images).view(6, 8, 12), stride).view(2, 3, stride * stride, 6)
+    expected = planar_blocks(folded.transpose(0, 1))
+    packed = torch.full_like(expected, float('nan'))
+    half = torch.fft.rfft2(images)
+    kernels.pack_aliases(half.data_ptr(), packed.data_ptr(), 2, 3, 8, 12, stride, expected.shape[0], 1)
+    if not torch.allclose(packed, expected, rtol=1e-5, atol=1e-5):
+        return 'the compiled alias packing disagrees with torch'
     images, pairs, aliases, side = 3, 5, 4, 6
     frequencies = side * side
     blocks = -(-frequencies // VECTOR_LENGTH)
