@@ -249,3 +249,12 @@ def test_compiled_follows_the_gain_and_new_weights():
     with torch.no_grad():
         block.simple_conv_q0.weight.mul_(-1.5)
     _assert_close(cells('compiled'), cells('dense'))
+
+
+def test_a_traced_block_computes_what_the_block_does():
+    """Tracing records torch operators only: 'auto' takes the original's dense path under it."""
+    block = VOneBlock(noise_mode=None, image_size=64, simple_channels=8, complex_channels=8).eval()
+    traced = torch.jit.trace(block, _images(1, size=64), check_trace=False)
+    images = _images(2, size=64, seed=3)
+    with torch.no_grad():
+        _assert_close(traced(images), block(images))

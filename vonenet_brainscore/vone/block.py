@@ -188,6 +188,8 @@ class VOneBlock(nn.Module):
             return 'dense'
         if self.method != 'auto':
             return self.method
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return 'dense'  # the original's operators: what tracers and compilers handle best
         padding = self.simple_conv_q0.padding if padding is None else padding
         side = lambda n: (n + 2 * padding - self.config.ksize) // self.stride + 1
         positions = side(x.shape[-2]) * side(x.shape[-1])
@@ -206,6 +208,8 @@ class VOneBlock(nn.Module):
             return f"they take float32 CPU input, not {x.dtype} on {x.device}"
         if torch.is_grad_enabled() and x.requires_grad:
             return "they are not differentiable (x requires grad)"
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return "torch.jit.trace and torch.compile cannot see inside them"
         if (type(self.simple) is not nn.ReLU or type(self.complex) is not nn.Identity
                 or any(m._forward_hooks or m._forward_pre_hooks for m in (self.simple, self.complex))):
             return "they do not run the 'simple' and 'complex' modules, which are hooked or replaced"

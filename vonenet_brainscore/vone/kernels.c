@@ -64,7 +64,7 @@ void vone_contract(const float *x, const float *h, float *y, int P, int C, int A
                    long x_block_stride, int threads)
 {
     const int block_floats = A * 2 * VL;
-    #pragma omp parallel for schedule(static) num_threads(threads)
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int task = 0; task < blocks * C; task++) {
         const int kb = task / C, c = task % C, k0 = kb * VL;
         const int n = K - k0 < VL ? K - k0 : VL;
@@ -96,7 +96,7 @@ void vone_contract(const float *x, const float *h, float *y, int P, int C, int A
 void vone_cells(const float *a, const float *b, float *out, const long *channels, int P, int C,
                 int rows_in, int cols_in, int rows, int cols, long out_stride, float gain, int threads)
 {
-    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1)
     for (int p = 0; p < P; p++) {
         for (int slot = 0; slot < 2 * C; slot++) {
             const long channel = channels[slot];
@@ -133,7 +133,7 @@ void vone_pack_aliases(const float *r, float *x, int P, int colours, int n_h, in
 {
     const int m_h = n_h / stride, m_w = n_w / stride, frequencies = m_h * m_w, A = stride * stride;
     const int half = n_w / 2 + 1;
-    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1)
     for (int kb = 0; kb < blocks; kb++) {
         for (int image = 0; image < colours * P; image++) {
             const int colour = image / P, p = image % P;
