@@ -258,3 +258,16 @@ def test_a_traced_block_computes_what_the_block_does():
     images = _images(2, size=64, seed=3)
     with torch.no_grad():
         _assert_close(traced(images), block(images))
+
+
+@pytest.mark.parametrize('method', FAST_METHODS)
+def test_channels_last_and_strided_inputs(method):
+    block = VOneBlock(noise_mode=None, image_size=96, simple_channels=16, complex_channels=16).eval()
+    images = _images(2)
+    _, dense = _both_paths(block, images, 'dense')
+    spaced = torch.zeros(2, 3, 192, 192)
+    spaced[:, :, ::2, ::2] = images
+    for layout in (images.to(memory_format=torch.channels_last), spaced[:, :, ::2, ::2]):
+        assert not layout.is_contiguous()
+        fast, _ = _both_paths(block, layout, method)
+        _assert_close(fast, dense)

@@ -108,7 +108,7 @@ class CompiledCells:
         spectra = self._unit_spectra((n_h, n_w))
         threads = torch.get_num_threads()
         padded = F.pad(x, (padding, n_w - width - padding, padding, n_h - height - padding))
-        half_spectra = torch.fft.rfft2(padded)
+        half_spectra = torch.fft.rfft2(padded).contiguous()  # (B, colours, N_h, N_w / 2 + 1), as packed
         chunks = []  # per call's images, so each buffer is small enough for the allocator to reuse
         for first in range(0, batch, self.images_per_call):
             count = min(self.images_per_call, batch - first)
