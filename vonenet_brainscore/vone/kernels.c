@@ -1,8 +1,10 @@
 /* The VOneBlock's folded-spectrum Gabor stage, fused where torch operators cannot be.
  *
  * Compiled on first use by vone/native.py and called through ctypes, so the package installs
- * without a build step. Two kernels:
+ * without a build step. Three kernels:
  *
+ *   pack_aliases: the images' 16 aliases per output frequency, gathered from rfft2 half spectra
+ *             into the layout contract reads (torch would need a full FFT and two copies).
  *   contract: the per-frequency 16-alias inner products (image spectra x filter-pair spectra),
  *             written straight into the layout the inverse FFT reads. With torch operators this
  *             is a batched matrix product whose output must then be transposed in memory.
@@ -10,7 +12,7 @@
  *             inverse-transformed maps, written straight into the VOneBlock's output channels.
  *             With torch operators this is four element-wise passes and a scatter.
  *
- * Both are plain float32 arithmetic in a fixed order per output element, so an image's result does
+ * All are plain float32 arithmetic in a fixed order per output element, so an image's result does
  * not depend on the batch it came in. No fast-math: NaN and infinity propagate as in torch.
  */
 #include <math.h>
