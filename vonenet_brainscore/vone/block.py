@@ -162,7 +162,8 @@ class VOneBlock(nn.Module):
                              / np.sqrt(2))
             return self.gabors(self.k_exc * torch.cat((s, c), 1))
         if method == 'compiled':
-            self._check_compiled(x)
+            if self.method == 'compiled':  # 'auto' picked it only where it applies
+                self._check_compiled(x)
             return self.gabors(self._compiled_plan()(x, (self.k_exc, self.k_exc / np.sqrt(2)), padding))
         # Same cells with fewer passes over memory: hypot for the energy, gain folded into one multiply,
         # results written straight into the output (differences are float32 rounding).

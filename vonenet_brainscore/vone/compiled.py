@@ -20,11 +20,10 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
-from torch.nn import functional as F
 
 from .fast import colour_channels
 from .native import Kernels, VECTOR_LENGTH, planar_blocks
-from .spectral import fft_size, folded_filter_spectra
+from .spectral import folded_filter_spectra, fourier_grid, pad_to_grid
 
 
 class Unit(NamedTuple):
@@ -94,12 +93,9 @@ class CompiledCells:
         if x.device.type != 'cpu' or x.dtype != torch.float32:
             raise ValueError(f"the compiled VOneBlock kernels take float32 CPU tensors, got {x.dtype} on {x.device}")
         padding = self.padding if padding is None else padding
-        batch, colours, height, width = x.shape
-        s, k = self.stride, self.ksize
-        rows = (height + 2 * padding - k) // s + 1
-        cols = (width + 2 * padding - k) // s + 1
-        n_h, n_w = fft_size(height, padding, rows, s, k), fft_size(width, padding, cols, s, k)
-        m_h, m_w = n_h // s, n_w // s
+        batch, colours = x.shape[:2]
+        s = self.stride
+        rows, cols, n_h, n_w, m_h, m_w = grid = fourier_grid(*x.shape[-2:], padding, s, self.ksize)
         frequencies = m_h * m_w
         blocks = -(-frequencies // VECTOR_LENGTH)
         out = x.new_empty((batch, self.out_channels, rows, cols))
@@ -107,8 +103,7 @@ class CompiledCells:
             return out
         spectra = self._unit_spectra((n_h, n_w))
         threads = torch.get_num_threads()
-        padded = F.pad(x, (padding, n_w - width - padding, padding, n_h - height - padding))
-        half_spectra = torch.fft.rfft2(padded).contiguous()  # (B, colours, N_h, N_w / 2 + 1), as packed
+        half_spectra = torch.fft.rfft2(pad_to_grid(x, padding, grid)).contiguous()  # (B, colours, N_h, N_w / 2 + 1), as packed
         chunks = []  # per call's images, so each buffer is small enough for the allocator to reuse
         for first in range(0, batch, self.images_per_call):
             count = min(self.images_per_call, batch - first)

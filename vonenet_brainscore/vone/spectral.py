@@ -13,7 +13,7 @@ rounding) for any colour assignment, including the published checkpoints'.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.nn import functional as F
@@ -40,6 +40,29 @@ def fft_size(length: int, padding: int, outputs: int, stride: int, ksize: int) -
     while not _is_smooth(folded):
         folded += 1
     return folded * stride
+
+
+class FourierGrid(NamedTuple):
+    """A strided correlation's output size, its FFT size N and its folded size M = N / stride."""
+    rows: int
+    cols: int
+    n_h: int
+    n_w: int
+    m_h: int
+    m_w: int
+
+
+def fourier_grid(height: int, width: int, padding: int, stride: int, ksize: int) -> FourierGrid:
+    rows = (height + 2 * padding - ksize) // stride + 1
+    cols = (width + 2 * padding - ksize) // stride + 1
+    n_h, n_w = fft_size(height, padding, rows, stride, ksize), fft_size(width, padding, cols, stride, ksize)
+    return FourierGrid(rows, cols, n_h, n_w, n_h // stride, n_w // stride)
+
+
+def pad_to_grid(x: torch.Tensor, padding: int, grid: FourierGrid) -> torch.Tensor:
+    """The images at ``[padding, padding + size)`` of zero-filled N_h x N_w frames."""
+    height, width = x.shape[-2:]
+    return F.pad(x, (padding, grid.n_w - width - padding, padding, grid.n_h - height - padding))
 
 
 def fold(spectrum: torch.Tensor, stride: int) -> torch.Tensor:
@@ -109,16 +132,12 @@ class SpectralGabors:
 
     def __call__(self, x: torch.Tensor, padding: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         padding = self.padding if padding is None else padding
-        batch, _, height, width = x.shape
-        s, k = self.stride, self.ksize
-        rows = (height + 2 * padding - k) // s + 1
-        cols = (width + 2 * padding - k) // s + 1
-        n_h = fft_size(height, padding, rows, s, k)
-        n_w = fft_size(width, padding, cols, s, k)
-        m_h, m_w = n_h // s, n_w // s
+        batch = x.shape[0]
+        s = self.stride
+        rows, cols, n_h, n_w, m_h, m_w = grid = fourier_grid(*x.shape[-2:], padding, s, self.ksize)
         spectra = self._folded_spectra((n_h, n_w), x.device,
                                        torch.complex128 if x.dtype == torch.float64 else torch.complex64)
-        padded = F.pad(x, (padding, n_w - width - padding, padding, n_h - height - padding))
+        padded = pad_to_grid(x, padding, grid)
         out = x.new_empty((batch, self.n_out + 1, rows, cols))
         for first in range(0, batch, self.images_per_pass):
             chunk = slice(first, first + self.images_per_pass)
