@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/extraction.py [--images 96] [--repeats 3]
 
-Workload: what a neural benchmark asks of vonenet-resnet50-nonoise, region by region: record V1,
+Workload: what a neural benchmark asks of vonenet_resnet50_nonoise, region by region: record V1,
 V2, V4 and IT (their committed layers) on a set of images. Stock: Brain-Score's PytorchWrapper
 (default batch 64, padded) over the original VOneResNet50 code. Ours: the brain model's extractor
 (no padding, early stop, regrouped VOneBlock). Same weights; noise off so activations compare.
@@ -46,7 +46,7 @@ stimuli = StimulusSet({'stimulus_id': list(paths)})
 stimuli.stimulus_paths = paths
 stimuli.identifier = 'extraction-benchmark'
 
-ours = brain_model('vonenet-resnet50-nonoise', pretrained=False, batch_size=32)
+ours = brain_model('vonenet_resnet50_nonoise', pretrained=False, batch_size=32)
 torch.manual_seed(0)
 original = load_reference().VOneNet(model_arch='resnet50', noise_mode=None)
 original.load_state_dict(ours.network.state_dict())

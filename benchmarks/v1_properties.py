@@ -1,6 +1,6 @@
 """Time the seven offline Marques2020 V1 property benchmarks for one brain model; report peak memory.
 
-    .venv/bin/python benchmarks/v1_properties.py [--model vonenet-resnet50] [--keep-stimuli]
+    .venv/bin/python benchmarks/v1_properties.py [--model vonenet_resnet50] [--keep-stimuli]
 
 Runs with a fresh result cache (nothing computed earlier is reused: receptive-field mapping,
 firing rates and properties are all recomputed; the 8-degree copies of the stimuli are rebuilt).
@@ -17,7 +17,7 @@ import tempfile
 import time
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-parser.add_argument('--model', default='vonenet-resnet50')
+parser.add_argument('--model', default='vonenet_resnet50')
 parser.add_argument('--keep-stimuli', action='store_true', help='reuse generated gratings from the usual cache')
 parser.add_argument('--output', help='write the measurements as JSON here')
 args = parser.parse_args()

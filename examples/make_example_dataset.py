@@ -2,13 +2,13 @@
 """Write an example dataset for layer-to-region mapping: images, a stimuli CSV and NetCDF recordings.
 
     python examples/make_example_dataset.py example-data
-    vonenet-brainscore map-layers vonenet-resnet50-nonoise --data example-data/recordings.nc \\
+    vonenet-brainscore map-layers vonenet_resnet50_nonoise --data example-data/recordings.nc \\
         --stimuli example-data/stimuli.csv --output example-data/mapping
 
 The "recordings" are synthetic, so the mapping has a known answer. Images are procedural
 (gratings, blobs, textures, shapes). Each V1 neuron is a noisy linear read-out of the
 VOneBlock ('vone_block'), each IT neuron of the pooled last stage ('model.avgpool':
-position-invariant, as IT responses are) of the untrained, seeded vonenet-resnet50-nonoise: a
+position-invariant, as IT responses are) of the untrained, seeded vonenet_resnet50_nonoise: a
 random mix of the layer's 20 leading principal components over the images (each scaled to unit
 variance) plus independent noise per repetition. The best V1 layer should be vone_block (the
 committed V1 layer) and the best IT layer model.avgpool (committed: model.layer4). Neighbouring
@@ -34,7 +34,7 @@ os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
 os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
 
 GENERATING_LAYERS = {'V1': 'vone_block', 'IT': 'model.avgpool'}
-MODEL = 'vonenet-resnet50-nonoise'
+MODEL = 'vonenet_resnet50_nonoise'
 CATEGORIES = ('grating', 'blobs', 'texture', 'shapes')
 
 

@@ -1,4 +1,6 @@
 """Brain models: committed layers, assembly layout, CORnet-S time bins, noise trials, cache keys."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from brainscore_vision.model_interface import BrainModel
 from vonenet_brainscore.brain import IDENTIFIERS, brain_model, nearest_step, region_layer_map
 from vonenet_brainscore.commitments_io import load_commitment
 from vonenet_brainscore.extraction import image_digest
-from vonenet_brainscore.errors import CommitmentError, StimulusError, UnknownModelError
+from vonenet_brainscore.errors import CommitmentError, StimulusError, UnknownModelError, WeightsUnavailableError
 from vonenet_brainscore.preprocessing import brainscore_preprocessing
 
 
@@ -35,12 +37,12 @@ def stimuli(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def resnet_nonoise():
-    return brain_model('vonenet-resnet50-nonoise', pretrained=False)
+    return brain_model('vonenet_resnet50_nonoise', pretrained=False)
 
 
 @pytest.fixture(scope='module')
 def resnet_noisy():
-    return brain_model('vonenet-resnet50', pretrained=False, batch_size=2)
+    return brain_model('vonenet_resnet50', pretrained=False, batch_size=2)
 
 
 def _direct(network, layer, stimuli, calls=False):
@@ -58,8 +60,8 @@ def _direct(network, layer, stimuli, calls=False):
 
 def test_identifiers_cover_every_published_model_with_and_without_noise():
     assert len(IDENTIFIERS) == 10
-    assert {'vonenet-resnet50', 'vonenet-resnet50-nonoise', 'vonenet-cornets', 'vonenet-alexnet',
-            'vonenet-resnet50-at', 'vonenet-resnet50-ns-nonoise'} <= set(IDENTIFIERS)
+    assert {'vonenet_resnet50', 'vonenet_resnet50_nonoise', 'vonenet_cornets', 'vonenet_alexnet',
+            'vonenet_resnet50_at', 'vonenet_resnet50_ns_nonoise'} <= set(IDENTIFIERS)
     bundled = {'VOneCORnet-S', 'vonealexnet', 'voneresnet-50', 'voneresnet-50-robust'}
     assert not bundled & set(IDENTIFIERS)
 
@@ -100,7 +102,7 @@ def test_several_time_bins_repeat_a_feedforward_response(resnet_nonoise, stimuli
 
 
 def test_cornets_time_bins_pick_the_matching_recurrent_step(stimuli):
-    model = brain_model('vonenet-cornets-nonoise', pretrained=False)
+    model = brain_model('vonenet_cornets_nonoise', pretrained=False)
     steps = _direct(model.network, 'model.V4.output', stimuli, calls=True)
     assert len(steps) == 4
     model.start_recording('V4', [(90, 140), (240, 290), (140, 190)])
@@ -129,7 +131,7 @@ def test_noise_trials_are_seeded_independent_and_averaged(resnet_noisy, stimuli)
     once = resnet_noisy.look_at(stimuli).values
     again = resnet_noisy.look_at(stimuli).values
     np.testing.assert_array_equal(once, again)  # same seed, same draws
-    other_seed = brain_model('vonenet-resnet50', pretrained=False, noise_seed=1)
+    other_seed = brain_model('vonenet_resnet50', pretrained=False, noise_seed=1)
     other_seed.start_recording('IT', [(70, 170)])
     assert not np.allclose(other_seed.look_at(stimuli).values, once)
 
@@ -145,8 +147,8 @@ def test_noise_trials_are_seeded_independent_and_averaged(resnet_noisy, stimuli)
 
 
 def test_noise_does_not_depend_on_batch_size(stimuli):
-    a = brain_model('vonenet-resnet50', pretrained=False, batch_size=1)
-    b = brain_model('vonenet-resnet50', pretrained=False, batch_size=3)
+    a = brain_model('vonenet_resnet50', pretrained=False, batch_size=1)
+    b = brain_model('vonenet_resnet50', pretrained=False, batch_size=3)
     for model in (a, b):
         model.start_recording('V4', [(70, 170)])
     np.testing.assert_allclose(a.look_at(stimuli).values, b.look_at(stimuli).values, rtol=1e-5, atol=1e-5)
@@ -154,8 +156,8 @@ def test_noise_does_not_depend_on_batch_size(stimuli):
 
 def test_cache_identifiers_differ_between_configurations(resnet_noisy, resnet_nonoise, tmp_path):
     keys = {resnet_noisy.activations_model.identifier, resnet_nonoise.activations_model.identifier,
-            brain_model('vonenet-resnet50', pretrained=False, noise_seed=1).activations_model.identifier,
-            brain_model('vonenet-resnet50', pretrained=False,
+            brain_model('vonenet_resnet50', pretrained=False, noise_seed=1).activations_model.identifier,
+            brain_model('vonenet_resnet50', pretrained=False,
                         region_map='voneresnet-50').activations_model.identifier}
     assert len(keys) == 4
     with resnet_noisy.activations_model.trials(20):
@@ -164,7 +166,7 @@ def test_cache_identifiers_differ_between_configurations(resnet_noisy, resnet_no
 
 
 def test_weights_file_digest_is_part_of_the_cache_key(tmp_path):
-    network = brain_model('vonenet-alexnet-nonoise', pretrained=False).network
+    network = brain_model('vonenet_alexnet_nonoise', pretrained=False).network
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -173,16 +175,24 @@ def test_weights_file_digest_is_part_of_the_cache_key(tmp_path):
         torch.save({'flags': {'arch': 'alexnet', 'noise_mode': None}, 'epoch': 1,
                     'state_dict': network.state_dict()}, path)
         paths.append(path)
-    first, second = (brain_model('vonenet-alexnet-nonoise', weights_path=p) for p in paths)
-    assert first.identifier == 'vonenet-alexnet-nonoise'
+    first, second = (brain_model('vonenet_alexnet_nonoise', weights_path=p) for p in paths)
+    assert first.identifier == 'vonenet_alexnet_nonoise'
     assert first.activations_model.identifier != second.activations_model.identifier
 
 
-def test_offline_build_warns_and_tags_identifier(monkeypatch):
+def test_without_weights_a_published_name_fails_and_is_never_built_untrained(monkeypatch, tmp_path):
     monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', 'http://127.0.0.1:9/')  # nothing listens on port 9
-    with pytest.warns(RuntimeWarning, match='UNTRAINED'):
-        model = brain_model('vonenet-alexnet')
-    assert model.identifier == 'vonenet-alexnet-untrained'
+    monkeypatch.setenv('VONENET_BRAINSCORE_HOME', str(tmp_path / 'empty-cache'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no "falling back" warning either: an error, and nothing built
+        with pytest.raises(WeightsUnavailableError, match=r'(?s)vonealexnet_e70\.pth\.tar.*weights_path'):
+            brain_model('vonenet_alexnet')
+
+
+def test_the_untrained_model_on_purpose_is_tagged():
+    model = brain_model('vonenet_alexnet', pretrained=False)
+    assert model.identifier == 'vonenet_alexnet_untrained'
+    assert 'weights=untrained' in model.activations_model.settings_description
 
 
 def test_behaviour_tasks(resnet_nonoise, stimuli):
@@ -210,13 +220,29 @@ def test_behaviour_tasks(resnet_nonoise, stimuli):
 
 
 def test_region_layer_map_comes_from_commitments():
-    assert region_layer_map('vonenet-cornets') == {'V1': 'vone_block', 'V2': 'model.V2.output',
+    assert region_layer_map('vonenet_cornets') == {'V1': 'vone_block', 'V2': 'model.V2.output',
                                                    'V4': 'model.V4.output', 'IT': 'model.IT.output'}
 
 
 def test_unknown_identifier():
-    with pytest.raises(UnknownModelError, match='vonenet-resnet50-nonoise'):
+    with pytest.raises(UnknownModelError, match='vonenet_resnet50_nonoise'):
         brain_model('voneresnet-50')
+
+
+@pytest.mark.parametrize('old, new', [('vonenet-resnet50', 'vonenet_resnet50'),
+                                      ('vonenet-resnet50-at-nonoise', 'vonenet_resnet50_at_nonoise'),
+                                      ('vonenet-cornets-nonoise', 'vonenet_cornets_nonoise')])
+def test_old_hyphenated_identifier_names_its_replacement(old, new):
+    with pytest.raises(UnknownModelError, match=f"'{old}' is the old hyphenated name.*'{new}'"):
+        brain_model(old, pretrained=False)
+
+
+def test_identifiers_have_no_hyphen_and_follow_one_rule():
+    from vonenet_brainscore.zoo import CATALOGUE
+    assert IDENTIFIERS, 'no identifiers'
+    assert not [identifier for identifier in IDENTIFIERS if '-' in identifier]
+    expected = {f'vonenet_{name}' for name in CATALOGUE} | {f'vonenet_{name}_nonoise' for name in CATALOGUE}
+    assert set(IDENTIFIERS) == expected
 
 
 def test_unknown_region(resnet_nonoise):
@@ -226,12 +252,12 @@ def test_unknown_region(resnet_nonoise):
 
 def test_map_naming_a_missing_layer():
     with pytest.raises(CommitmentError, match="model.layer9"):
-        brain_model('vonenet-resnet50-nonoise', pretrained=False, region_layers={'IT': 'model.layer9'})
+        brain_model('vonenet_resnet50_nonoise', pretrained=False, region_layers={'IT': 'model.layer9'})
 
 
 def test_unknown_alternative_map():
     with pytest.raises(CommitmentError, match='voneresnet-50'):
-        brain_model('vonenet-resnet50', pretrained=False, region_map='nope')
+        brain_model('vonenet_resnet50', pretrained=False, region_map='nope')
 
 
 def test_unreadable_image_names_the_file(resnet_nonoise, tmp_path):
@@ -244,15 +270,15 @@ def test_unreadable_image_names_the_file(resnet_nonoise, tmp_path):
 
 
 def test_look_at_before_recording_is_a_clear_error():
-    model = brain_model('vonenet-alexnet-nonoise', pretrained=False)
+    model = brain_model('vonenet_alexnet_nonoise', pretrained=False)
     with pytest.raises(CommitmentError, match='start_recording'):
         model.look_at(StimulusSet({'stimulus_id': []}))
 
 
 def test_v1_window_equals_the_full_map_at_those_units(stimuli):
-    full = brain_model('vonenet-resnet50-nonoise', pretrained=False)
+    full = brain_model('vonenet_resnet50_nonoise', pretrained=False)
     window = full.network.vone_block.units_within((0.5, 0.5), 0.85)
-    cropped = brain_model('vonenet-resnet50-nonoise', pretrained=False, v1_window=window)
+    cropped = brain_model('vonenet_resnet50_nonoise', pretrained=False, v1_window=window)
     assert cropped.activations_model.identifier.endswith('v1_window=' + ':'.join(map(str, window)))
     for model in (full, cropped):
         model.start_recording('V1', [(70, 170)])
@@ -264,7 +290,7 @@ def test_v1_window_equals_the_full_map_at_those_units(stimuli):
 
 
 def test_v1_fast_path_equals_the_full_forward_with_noise(stimuli):
-    model = brain_model('vonenet-resnet50', pretrained=False)
+    model = brain_model('vonenet_resnet50', pretrained=False)
     model.start_recording('V1', [(70, 170)])
     fast = model.look_at(stimuli, number_of_trials=2).values
     images = np.stack(brainscore_preprocessing(224)([str(stimuli.get_stimulus(s)) for s in stimuli['stimulus_id']]))

@@ -100,7 +100,7 @@ def stimulus_set(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def model():
-    return brain_model('vonenet-resnet50-nonoise', pretrained=False, batch_size=40, progress=False)
+    return brain_model('vonenet_resnet50_nonoise', pretrained=False, batch_size=40, progress=False)
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,7 @@ from vonenet_brainscore.brain import brain_model
 
 @pytest.fixture(scope='module')
 def extractor():
-    return brain_model('vonenet-alexnet-nonoise', pretrained=False).activations_model._extractor
+    return brain_model('vonenet_alexnet_nonoise', pretrained=False).activations_model._extractor
 
 
 def _same_value(a, b):

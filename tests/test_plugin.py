@@ -96,18 +96,18 @@ def test_shipped_region_layer_maps_equal_the_generator_output(tmp_path):
 
 def test_check_region_layer_maps_names_every_drift(source_copy):
     folder = source_copy / 'region_layer_map'
-    changed = json.loads((folder / 'vonenet-alexnet.json').read_text())
+    changed = json.loads((folder / 'vonenet_alexnet.json').read_text())
     changed['IT'] = 'model.features.12'
-    (folder / 'vonenet-alexnet.json').write_text(json.dumps(changed, indent=2) + '\n')
-    (folder / 'vonenet-cornets.json').unlink()
-    (folder / 'vonenet-old.json').write_text('{}\n')
+    (folder / 'vonenet_alexnet.json').write_text(json.dumps(changed, indent=2) + '\n')
+    (folder / 'vonenet_cornets.json').unlink()
+    (folder / 'vonenet_old.json').write_text('{}\n')
     problems = check_region_layer_maps(folder)
     assert len(problems) == 3
-    assert any('vonenet-alexnet.json differs' in p for p in problems)
-    assert any('vonenet-cornets.json is missing' in p for p in problems)
-    assert any('vonenet-old.json' in p and 'stale' in p for p in problems)
+    assert any('vonenet_alexnet.json differs' in p for p in problems)
+    assert any('vonenet_cornets.json is missing' in p for p in problems)
+    assert any('vonenet_old.json' in p and 'stale' in p for p in problems)
     write_region_layer_maps(folder)
-    assert check_region_layer_maps(folder) == [f'{folder / "vonenet-old.json"} belongs to no brain model (stale)']
+    assert check_region_layer_maps(folder) == [f'{folder / "vonenet_old.json"} belongs to no brain model (stale)']
 
 
 def test_init_registers_each_identifier_once_and_literally():
@@ -144,17 +144,17 @@ def test_plugin_model_functions_delegate_to_the_package(monkeypatch):
     loaded.loader.exec_module(model)
     from vonenet_brainscore.commitments_io import load_commitment
     assert model.get_model_list() == list(brain.IDENTIFIERS)
-    assert model.get_layers('vonenet-cornets-nonoise') == load_commitment('cornets').candidate_layers
-    bibtex = model.get_bibtex('vonenet-resnet50')
+    assert model.get_layers('vonenet_cornets_nonoise') == load_commitment('cornets').candidate_layers
+    bibtex = model.get_bibtex('vonenet_resnet50')
     assert 'Dapello' in bibtex and 'Marques' in bibtex and '2020' in bibtex and 'Neural Information' in bibtex
-    with pytest.raises(KeyError, match='vonenet-resnet50'):
+    with pytest.raises(KeyError, match='vonenet_resnet50'):
         model.get_bibtex('resnet50')
     from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
-        activations = model.get_model('vonenet-alexnet')
+        activations = model.get_model('vonenet_alexnet')
     assert isinstance(activations, PytorchWrapper)
-    assert activations.identifier.startswith('vonenet-alexnet-untrained@')
+    assert activations.identifier.startswith('vonenet_alexnet_untrained@')
 
 
 # --- install into a copy of Brain-Score's models folder ------------------------------------------------------
@@ -163,7 +163,7 @@ def test_plugin_model_functions_delegate_to_the_package(monkeypatch):
 def test_install_is_found_by_brainscore_and_uninstall_removes_it(models_copy, mode):
     before = sorted(p.name for p in models_copy.iterdir())
     with pytest.raises(AssertionError, match='No registrations'):
-        brainscore_locate(models_copy, 'vonenet-resnet50')
+        brainscore_locate(models_copy, 'vonenet_resnet50')
     assert not is_installed(models_copy)
 
     target = install_plugin(models_copy, mode=mode)
@@ -194,7 +194,7 @@ def test_install_is_found_by_brainscore_and_uninstall_removes_it(models_copy, mo
 def test_install_switches_mode_and_refreshes_a_stale_copy(models_copy):
     target = install_plugin(models_copy, mode='copy')
     (target / 'model.py').write_text('# stale\n')
-    (target / 'region_layer_map' / 'vonenet-old.json').write_text('{}\n')
+    (target / 'region_layer_map' / 'vonenet_old.json').write_text('{}\n')
     install_plugin(models_copy, mode='copy')
     assert {n: d for n, d in tree(target).items() if n != plugin_tools.MARKER_NAME} == shipped_tree()
     install_plugin(models_copy, mode='symlink')
@@ -233,8 +233,8 @@ def test_install_and_uninstall_refuse_to_touch_a_foreign_entry(models_copy, tmp_
 def test_install_refuses_when_another_plugin_registers_our_identifier(models_copy):
     old = models_copy / 'old_vonenets'
     old.mkdir()
-    (old / '__init__.py').write_text('model_registry["vonenet-resnet50-at"] = lambda: None\n')
-    with pytest.raises(PluginConflictError, match=r'vonenet-resnet50-at in .*old_vonenets'):
+    (old / '__init__.py').write_text('model_registry["vonenet_resnet50_at"] = lambda: None\n')
+    with pytest.raises(PluginConflictError, match=r'vonenet_resnet50_at in .*old_vonenets'):
         install_plugin(models_copy)
     assert not os.path.lexists(models_copy / PLUGIN_NAME)
 
@@ -338,7 +338,7 @@ def test_submission_is_written_atomically(source_copy, tmp_path):
 
 
 def test_submission_refuses_stale_region_maps_and_bad_paths(source_copy, tmp_path):
-    (source_copy / 'region_layer_map' / 'vonenet-resnet50.json').write_text('{"IT": "model.layer3"}\n')
+    (source_copy / 'region_layer_map' / 'vonenet_resnet50.json').write_text('{"IT": "model.layer3"}\n')
     with pytest.raises(PluginError, match='do not match commitments'):
         build_submission(tmp_path / 'x.zip', source_dir=source_copy)
     assert not (tmp_path / 'x.zip').exists()
@@ -372,15 +372,15 @@ def offline(monkeypatch):
 def test_brainscore_load_model_finds_the_plugin(installed_in_brainscore, offline):
     import brainscore_vision
     with pytest.warns(RuntimeWarning, match='UNTRAINED'):
-        model = brainscore_vision.load_model('vonenet-resnet50')
-    assert model.identifier == 'vonenet-resnet50-untrained'  # no weights offline: tagged, never mistaken
-    shipped = json.loads((installed_in_brainscore / 'region_layer_map' / 'vonenet-resnet50.json').read_text())
-    assert model.commitment.region_layers == shipped == brain.region_layer_map('vonenet-resnet50')
+        model = brainscore_vision.load_model('vonenet_resnet50')
+    assert model.identifier == 'vonenet_resnet50_untrained'  # no weights offline: tagged, never mistaken
+    shipped = json.loads((installed_in_brainscore / 'region_layer_map' / 'vonenet_resnet50.json').read_text())
+    assert model.commitment.region_layers == shipped == brain.region_layer_map('vonenet_resnet50')
     assert model.visual_degrees() == 8
-    assert 'Dapello' in brainscore_vision.load_model_bibtex('vonenet-resnet50')
+    assert 'Dapello' in brainscore_vision.load_model_bibtex('vonenet_resnet50')
     with pytest.warns(RuntimeWarning, match='UNTRAINED'):
-        nonoise = brainscore_vision.load_model('vonenet-cornets-nonoise')
-    assert nonoise.identifier == 'vonenet-cornets-nonoise-untrained'
+        nonoise = brainscore_vision.load_model('vonenet_cornets_nonoise')
+    assert nonoise.identifier == 'vonenet_cornets_nonoise_untrained'
     assert nonoise.network.vone_block.config.noise_mode is None
 
 
@@ -404,7 +404,7 @@ def test_plugin_test_py_passes_when_weights_are_present(installed_in_brainscore,
     torch.save({'flags': {'arch': 'resnet50'}, 'epoch': 0,
                 'state_dict': get_model('resnet50', pretrained=False).state_dict()}, record.cache_path)
     result = _isolated_pytest(tmp_path, installed_in_brainscore / 'test.py', '-k',
-                              '[vonenet-resnet50] or [vonenet-resnet50-nonoise] or package_knows',
+                              '[vonenet_resnet50] or [vonenet_resnet50_nonoise] or package_knows',
                               env={'VONENET_BRAINSCORE_HOME': str(isolated_cache),
                                    'VONENET_BRAINSCORE_MIRROR': UNREACHABLE})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -433,7 +433,7 @@ GENERIC_TESTS = ['test_identifier', 'test_visual_degrees', 'test_start_task_or_r
 
 @pytest.mark.filterwarnings('ignore::RuntimeWarning')
 def test_brainscore_generic_plugin_tests(installed_in_brainscore, offline, tmp_path):
-    """Brain-Score's generic plugin tests for vonenet-resnet50 (all ten: the slow test below)."""
+    """Brain-Score's generic plugin tests for vonenet_resnet50 (all ten: the slow test below)."""
     folder = _generic_tests_folder(tmp_path)
     loaded = importlib.util.spec_from_file_location('generic_plugin_tests_copy', folder / 'generic_plugin_tests.py')
     generic = importlib.util.module_from_spec(loaded)
@@ -442,7 +442,7 @@ def test_brainscore_generic_plugin_tests(installed_in_brainscore, offline, tmp_p
     assert found == sorted(GENERIC_TESTS), 'Brain-Score changed its generic tests: update GENERIC_TESTS'
     assert generic._make_stimulus_set().stimulus_paths['stimid3'].is_file()
     for name in GENERIC_TESTS:
-        getattr(generic, name)('vonenet-resnet50')
+        getattr(generic, name)('vonenet_resnet50')
 
 
 @pytest.mark.slow

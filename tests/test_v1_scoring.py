@@ -119,13 +119,13 @@ def test_cli_scores_all_seven(tmp_path):
     output = tmp_path / 'results.json'
     env = {**os.environ, 'RESULTCACHING_HOME': str(tmp_path / 'cache'), 'MPLBACKEND': 'Agg'}
     env.pop('RESULTCACHING_DISABLE', None)
-    done = subprocess.run([sys.executable, '-m', 'vonenet_brainscore.cli', 'score', 'vonenet-resnet50',
+    done = subprocess.run([sys.executable, '-m', 'vonenet_brainscore.cli', 'score', 'vonenet_resnet50',
                            '--untrained', '--output', str(output), '--quiet'], env=env, capture_output=True,
                           text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(output.read_text())
     assert [r['benchmark'] for r in records] == list(OFFLINE_BENCHMARKS)
     assert all({'benchmark', 'score', 'raw', 'ceiling'} <= set(r) for r in records)
-    assert records[0]['model'].startswith('vonenet-resnet50-untrained@') and 'weights=untrained' in records[0]['settings']
+    assert records[0]['model'].startswith('vonenet_resnet50_untrained@') and 'weights=untrained' in records[0]['settings']
     assert output.with_suffix('.csv').exists()
     assert len(list(output.with_suffix('').glob('*.png'))) == 7

@@ -1,14 +1,14 @@
 """VOneNets as Brain-Score ``BrainModel``s, following the commitments in ``commitments/``.
 
-``brain_model('vonenet-resnet50')`` loads the published weights when it can. Without them (no
-network, no cached file) it builds the seeded VOneBlock with an untrained back-end, warns, and
-tags its identifier ``-untrained``, so no score is mistaken for the trained model's.
+``brain_model('vonenet_resnet50')`` loads the published weights, or fails with an error that says
+how to provide them: a registered model never scores an untrained back-end under the published
+model's name. ``pretrained=False`` builds the untrained model on purpose and tags its identifier
+``_untrained``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,43 +25,12 @@ from brainscore_vision.model_helpers.brain_transformation.behavior import (  # n
 from brainscore_vision.model_interface import BrainModel  # noqa: E402
 
 from .commitments_io import Commitment, load_commitment  # noqa: E402
-from .errors import CommitmentError, UnknownModelError, WeightsUnavailableError  # noqa: E402
+from .errors import CommitmentError  # noqa: E402
 from .extraction import VOneNetActivations  # noqa: E402
+from .identifiers import (IDENTIFIERS, NONOISE_SUFFIX, UNTRAINED_TAG, BrainModelSpec,  # noqa: E402,F401
+                          brain_identifier, list_identifiers, spec)
 from .preprocessing import brainscore_preprocessing  # noqa: E402
-from .zoo import get_model, list_models, model_record  # noqa: E402
-
-
-NONOISE_SUFFIX = '-nonoise'
-UNTRAINED_TAG = '-untrained'
-
-
-@dataclass(frozen=True)
-class BrainModelSpec:
-    """A Brain-Score identifier: which published model, and whether its VOneBlock noise is on."""
-
-    identifier: str
-    model: str
-    noise: bool
-
-
-def _identifier(model: str, noise: bool) -> str:
-    return 'vonenet-' + model.replace('_', '-') + ('' if noise else NONOISE_SUFFIX)
-
-
-IDENTIFIERS: Dict[str, BrainModelSpec] = {
-    _identifier(model, noise): BrainModelSpec(_identifier(model, noise), model, noise)
-    for model in list_models() for noise in (True, False)}
-
-
-def list_identifiers() -> List[str]:
-    return list(IDENTIFIERS)
-
-
-def spec(identifier: str) -> BrainModelSpec:
-    try:
-        return IDENTIFIERS[identifier]
-    except KeyError:
-        raise UnknownModelError(f"unknown brain model {identifier!r}; available: {', '.join(IDENTIFIERS)}") from None
+from .zoo import get_model, model_record  # noqa: E402
 
 
 def region_layer_map(identifier: str) -> Dict[str, str]:
@@ -83,14 +52,9 @@ def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, pr
     if not pretrained:
         return get_model(model_spec.model, pretrained=False, **overrides), 'untrained-init0'
     record = model_record(model_spec.model)
-    try:
-        network = get_model(model_spec.model, weights_path=weights_path, progress=progress, **overrides)
-    except WeightsUnavailableError as error:
-        message = (f"{model_spec.identifier}: published weights unavailable, so the back-end is UNTRAINED "
-                   f"(seeded VOneBlock, random back-end); its identifier is tagged '{UNTRAINED_TAG}' and its "
-                   f"scores are not those of the published model. {error}")
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        return get_model(model_spec.model, pretrained=False, **overrides), 'untrained-init0'
+    # No fallback: without its weights a published model's name must not be scored (WeightsUnavailableError
+    # says how to provide them).
+    network = get_model(model_spec.model, weights_path=weights_path, progress=progress, **overrides)
     path = Path(weights_path) if weights_path is not None else record.cache_path
     return network, f'sha1-{_file_digest(path)}'
 
@@ -102,8 +66,10 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
                 identify_by_settings: bool = False) -> 'VOneNetBrainModel':
     """A Brain-Score BrainModel for ``identifier`` (see ``list_identifiers()``).
 
-    ``weights_path``: a local checkpoint in the published format. ``pretrained=False``: the
-    untrained model on purpose. ``noise_seed`` seeds the VOneBlock noise draws. ``region_map``
+    ``weights_path``: a local checkpoint in the published format. Without it the published weights are
+    loaded from the cache or downloaded; when they cannot be had, ``WeightsUnavailableError`` says how to
+    provide them. ``pretrained=False``: the untrained model on purpose (identifier tagged ``_untrained``).
+    ``noise_seed`` seeds the VOneBlock noise draws. ``region_map``
     picks an alternative map from the commitments (e.g. ``'voneresnet-50'``, Brain-Score's
     layer-selected one) and ``region_layers`` overrides single regions (e.g. ``{'V1': 'bottleneck'}``).
     ``v1_window`` = (r0, r1, c0, c1) records V1 (the VOneBlock) only at those output units, computing

@@ -71,12 +71,7 @@ def _model_arguments(parser):
     parser.add_argument('--no-noise', action='store_true', help='switch the VOneBlock noise off')
 
 
-def _info_arguments(parser):
-    _model_arguments(parser)
-    parser.set_defaults(allow_untrained=True)  # a summary is useful even when weights cannot be had
-
-
-info_command.arguments = _info_arguments
+info_command.arguments = _model_arguments
 
 
 def _load_model(args):
@@ -84,18 +79,15 @@ def _load_model(args):
     from .zoo import get_model, model_record
     overrides = {'noise_mode': None} if args.no_noise else {}
     record = model_record(args.model)
-    if args.untrained:
+    if getattr(args, 'untrained', False):
         return get_model(args.model, pretrained=False, **overrides), 'none (untrained back-end, seeded)'
     if args.weights:
         return get_model(args.model, weights_path=args.weights, **overrides), args.weights
-    if getattr(args, 'allow_untrained', False) and not record.cache_path.exists():
-        try:
-            return get_model(args.model, **overrides), str(record.cache_path)
-        except errors.WeightsUnavailableError as error:
-            logging.getLogger(__name__).warning('%s', error)
-            return (get_model(args.model, pretrained=False, **overrides),
-                    f'NOT LOADED: {record.url} unreachable; showing the untrained architecture')
-    return get_model(args.model, **overrides), str(record.cache_path)
+    try:
+        return get_model(args.model, **overrides), str(record.cache_path)
+    except errors.WeightsUnavailableError as error:
+        raise errors.WeightsUnavailableError(f"{error}\n  - or pass --untrained to use the seeded VOneBlock with "
+                                             f"an untrained back-end on purpose") from error
 
 
 # --- classify -------------------------------------------------------------------------------------
@@ -148,6 +140,10 @@ def score_command(args):
     _print_table(('benchmark', 'score', 'raw', 'ceiling', 'model neurons'), rows)
     records = [{**r.as_dict(), 'layer': args.layer or 'committed V1'} for r in results]
     print(f'model {records[0]["model"]}: {records[0]["settings"]}')
+    if 'weights=untrained' in records[0]['settings'] and not args.untrained:
+        print('note: the published weights could not be had, so the back-end is untrained (identifier tagged '
+              '_untrained). V1 is the fixed, seeded VOneBlock, so these V1 scores do not depend on it.',
+              file=sys.stderr)
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +159,7 @@ def score_command(args):
 
 
 def _score_arguments(parser):
-    parser.add_argument('model', help='brain model identifier, e.g. vonenet-resnet50 or vonenet-resnet50-nonoise')
+    parser.add_argument('model', help='brain model identifier, e.g. vonenet_resnet50 or vonenet_resnet50_nonoise')
     parser.add_argument('--benchmarks', nargs='+', default=['v1-properties'],
                         help="'v1-properties' (the seven offline Marques2020 benchmarks) or benchmark ids")
     parser.add_argument('--layer', help='score this layer as V1 instead of the committed one')
@@ -184,13 +180,8 @@ score_command.arguments = _score_arguments
 
 def _brain_identifier(name: str) -> str:
     """Accept a brain-model identifier, or a catalogue name such as 'resnet50'."""
-    from .brain import IDENTIFIERS, _identifier
-    from .zoo import CATALOGUE
-    if name in CATALOGUE:
-        return _identifier(name, True)
-    if name not in IDENTIFIERS:
-        raise errors.UnknownModelError(f"unknown brain model {name!r}; available: {', '.join(IDENTIFIERS)}")
-    return name
+    from .identifiers import resolve
+    return resolve(name)
 
 
 def _write_json(path, record):
@@ -230,7 +221,7 @@ def map_layers_command(args):
 
 
 def _map_layers_arguments(parser):
-    parser.add_argument('model', help='brain model identifier, e.g. vonenet-resnet50-nonoise')
+    parser.add_argument('model', help='brain model identifier, e.g. vonenet_resnet50_nonoise')
     parser.add_argument('--data', metavar='NETCDF', help='your recordings (presentation x neuroid [x time_bin])')
     parser.add_argument('--stimuli', metavar='CSV_OR_DIR', help='their images: CSV (stimulus_id, path) or a folder')
     parser.add_argument('--benchmarks', nargs='*', default=[], help="Brain-Score benchmark ids (and/or 'v1-properties')")
@@ -443,13 +434,37 @@ def _plugin_arguments(parser):
 plugin_command.arguments = _plugin_arguments
 
 
-@verb('submission', "build the zip that Brain-Score's website accepts for a model submission")
+@verb('submission', "build (or --check) the zips Brain-Score's website accepts: one model per zip")
 def submission_command(args):
-    from .plugin_tools import build_submission
-    print(f'wrote {build_submission(args.out_zip)}')
+    from . import submission
+    if args.check:
+        failed = False
+        for path in args.check:
+            problems = submission.check_submission(path)
+            for problem in problems:
+                print(f'{path}: {problem}')
+            print(f'{path}: ' + ('REJECTED by the website\'s rules' if problems else 'passes the website\'s checks'))
+            failed = failed or bool(problems)
+        if failed:
+            raise errors.SubmissionError('at least one zip breaks a rule of the upload check (listed above)')
+        return
+    if args.all:
+        for path in submission.build_all_submissions(args.all):
+            print(f'wrote {path}')
+        return
+    if not args.model or not args.out_zip:
+        raise errors.SubmissionError('give MODEL and OUT.zip (one zip per model), or --all DIR, or --check ZIP')
+    print(f'wrote {submission.build_submission(args.model, args.out_zip)}')
 
 
-submission_command.arguments = lambda parser: parser.add_argument('out_zip', help='path of the zip to write')
+def _submission_arguments(parser):
+    parser.add_argument('model', nargs='?', help='brain model identifier, e.g. vonenet_resnet50 (or resnet50)')
+    parser.add_argument('out_zip', nargs='?', help='path of the zip to write (OUT.zip)')
+    parser.add_argument('--all', metavar='DIR', help='write one zip per identifier into DIR')
+    parser.add_argument('--check', nargs='+', metavar='ZIP', help="run the website's upload checks on these zips")
+
+
+submission_command.arguments = _submission_arguments
 
 
 # --- plumbing -------------------------------------------------------------------------------------

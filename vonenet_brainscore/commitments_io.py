@@ -11,6 +11,7 @@ from torch import nn
 from .errors import CommitmentError
 
 REGIONS = ('V1', 'V2', 'V4', 'IT')
+COMMITMENTS_PACKAGE = f'{__package__}.commitments'  # relative: the package also travels inside a Brain-Score plugin
 TimeBin = Tuple[int, int]
 
 
@@ -71,13 +72,13 @@ class Commitment:
 
 
 def available_commitments() -> List[str]:
-    return sorted(p.name[:-len('.json')] for p in resources.files('vonenet_brainscore.commitments').iterdir()
+    return sorted(p.name[:-len('.json')] for p in resources.files(COMMITMENTS_PACKAGE).iterdir()
                   if p.name.endswith('.json'))
 
 
 def load_commitment(model: str) -> Commitment:
     """The commitment of a published model (``resnet50``, ``cornets``, ...)."""
-    file = resources.files('vonenet_brainscore.commitments') / f'{model}.json'
+    file = resources.files(COMMITMENTS_PACKAGE) / f'{model}.json'
     if not file.is_file():
         raise CommitmentError(f"no commitments file for model {model!r}; available: {available_commitments()}")
     return parse_commitment(json.loads(file.read_text()), source=f'commitments/{model}.json')

@@ -13,7 +13,7 @@ import filelock
 import requests
 from tqdm import tqdm
 
-from vonenet_brainscore.errors import WeightsUnavailableError
+from .errors import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 

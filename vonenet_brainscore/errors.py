@@ -38,3 +38,7 @@ class DataWarning(UserWarning):
 
 class DeviceError(VOneNetError, RuntimeError):
     """The requested GPUs are not available, or several GPUs were requested without ``torchrun``."""
+
+
+class SubmissionError(VOneNetError):
+    """A Brain-Score submission that cannot be built, or a zip that breaks a rule of the website's upload check."""

@@ -13,13 +13,13 @@ from brainscore_vision import model_registry
 
 from vonenet_brainscore.brain import brain_model
 
-model_registry['vonenet-resnet50'] = lambda: brain_model('vonenet-resnet50')
-model_registry['vonenet-resnet50-nonoise'] = lambda: brain_model('vonenet-resnet50-nonoise')
-model_registry['vonenet-cornets'] = lambda: brain_model('vonenet-cornets')
-model_registry['vonenet-cornets-nonoise'] = lambda: brain_model('vonenet-cornets-nonoise')
-model_registry['vonenet-alexnet'] = lambda: brain_model('vonenet-alexnet')
-model_registry['vonenet-alexnet-nonoise'] = lambda: brain_model('vonenet-alexnet-nonoise')
-model_registry['vonenet-resnet50-at'] = lambda: brain_model('vonenet-resnet50-at')
-model_registry['vonenet-resnet50-at-nonoise'] = lambda: brain_model('vonenet-resnet50-at-nonoise')
-model_registry['vonenet-resnet50-ns'] = lambda: brain_model('vonenet-resnet50-ns')
-model_registry['vonenet-resnet50-ns-nonoise'] = lambda: brain_model('vonenet-resnet50-ns-nonoise')
+model_registry['vonenet_resnet50'] = lambda: brain_model('vonenet_resnet50')
+model_registry['vonenet_resnet50_nonoise'] = lambda: brain_model('vonenet_resnet50_nonoise')
+model_registry['vonenet_cornets'] = lambda: brain_model('vonenet_cornets')
+model_registry['vonenet_cornets_nonoise'] = lambda: brain_model('vonenet_cornets_nonoise')
+model_registry['vonenet_alexnet'] = lambda: brain_model('vonenet_alexnet')
+model_registry['vonenet_alexnet_nonoise'] = lambda: brain_model('vonenet_alexnet_nonoise')
+model_registry['vonenet_resnet50_at'] = lambda: brain_model('vonenet_resnet50_at')
+model_registry['vonenet_resnet50_at_nonoise'] = lambda: brain_model('vonenet_resnet50_at_nonoise')
+model_registry['vonenet_resnet50_ns'] = lambda: brain_model('vonenet_resnet50_ns')
+model_registry['vonenet_resnet50_ns_nonoise'] = lambda: brain_model('vonenet_resnet50_ns_nonoise')

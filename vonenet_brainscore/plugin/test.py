@@ -5,9 +5,9 @@ import pytest
 
 import brainscore_vision
 
-IDENTIFIERS = ['vonenet-resnet50', 'vonenet-resnet50-nonoise', 'vonenet-cornets', 'vonenet-cornets-nonoise',
-               'vonenet-alexnet', 'vonenet-alexnet-nonoise', 'vonenet-resnet50-at', 'vonenet-resnet50-at-nonoise',
-               'vonenet-resnet50-ns', 'vonenet-resnet50-ns-nonoise']
+IDENTIFIERS = ['vonenet_resnet50', 'vonenet_resnet50_nonoise', 'vonenet_cornets', 'vonenet_cornets_nonoise',
+               'vonenet_alexnet', 'vonenet_alexnet_nonoise', 'vonenet_resnet50_at', 'vonenet_resnet50_at_nonoise',
+               'vonenet_resnet50_ns', 'vonenet_resnet50_ns_nonoise']
 
 
 def test_package_knows_exactly_these_identifiers():

@@ -4,12 +4,12 @@ Seven of the 22 Marques2020 benchmarks compare models with published histograms 
 gratings; both can be rebuilt locally, so after :func:`install_offline_data` they load and score
 through Brain-Score's own benchmark classes without S3. The other fifteen need S3-only recordings.
 """
-from vonenet_brainscore.v1_properties.published_data import (
+from .published_data import (
     ASSEMBLY_NAMES, DEFAULT_SEED, published_assembly, published_histogram)
-from vonenet_brainscore.v1_properties.registry import (
+from .registry import (
     OFFLINE_BENCHMARKS, S3_ONLY_BENCHMARKS, benchmark_ids, install_offline_data, is_installed,
     uninstall_offline_data)
-from vonenet_brainscore.v1_properties.stimuli import (
+from .stimuli import (
     STIMULUS_SET_NAMES, cache_root, generate_all, generate_stimulus_set, load_stimulus_set, render_grating,
     stimulus_metadata, stimulus_set_dir)
 

@@ -10,8 +10,8 @@ import importlib
 from functools import partial
 from typing import Dict, Tuple
 
-from vonenet_brainscore.errors import VOneNetError
-from vonenet_brainscore.v1_properties import published_data, stimuli
+from ..errors import VOneNetError
+from . import published_data, stimuli
 
 DATA_PLUGIN = 'brainscore_vision.data.marques2020'
 

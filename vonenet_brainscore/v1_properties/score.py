@@ -139,14 +139,36 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
     return results
 
 
+VOBLOCK_LAYERS = ('vone_block', 'vone_block.output')
+
+
 def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-properties',), *, layer: Optional[str] = None,
                         weights_path=None, pretrained: bool = True, noise_seed: int = 0, seed: int = 0,
                         batch_size: int = 32, window: bool = True, progress: bool = True) -> List[BenchmarkResult]:
-    """Build ``identifier``'s brain model (``layer`` scores another layer as V1) and score it."""
+    """Build ``identifier``'s brain model (``layer`` scores another layer as V1) and score it.
+
+    When the published weights cannot be had and V1 is the VOneBlock (fixed weights, seeded), the score
+    cannot depend on the back-end: the model is built with an untrained back-end, its identifier tagged
+    ``_untrained``, and a warning says so. For any other V1 layer the missing weights are an error.
+    """
     from ..brain import brain_model
-    model = brain_model(identifier, weights_path=weights_path, pretrained=pretrained, noise_seed=noise_seed,
-                        batch_size=batch_size, region_layers={'V1': layer} if layer else None,
-                        identify_by_settings=True, progress=progress)
+    from ..errors import WeightsUnavailableError
+    from ..identifiers import UNTRAINED_TAG
+
+    def build(pretrained_back_end: bool):
+        return brain_model(identifier, weights_path=weights_path, pretrained=pretrained_back_end,
+                           noise_seed=noise_seed, batch_size=batch_size,
+                           region_layers={'V1': layer} if layer else None, identify_by_settings=True,
+                           progress=progress)
+    try:
+        model = build(pretrained)
+    except WeightsUnavailableError as error:
+        if weights_path is not None or (layer is not None and layer not in VOBLOCK_LAYERS):
+            raise
+        logger.warning("%s: published weights unavailable (%s). V1 is the fixed, seeded VOneBlock, so its "
+                       "property scores do not depend on the back-end: scoring with an untrained back-end, "
+                       "identifier tagged '%s'.", identifier, str(error).splitlines()[0], UNTRAINED_TAG)
+        model = build(False)
     if window:
         cropped = v1_window_for(model)
         if cropped is not None:

@@ -155,7 +155,7 @@ def kernels() -> Optional[Kernels]:
     if compiler is None:
         _reason = 'no C compiler found (install gcc or clang, or set CC)'
         return None
-    from vonenet_brainscore.download import cache_dir  # here: only compilation needs the cache
+    from ..download import cache_dir  # here: only compilation needs the cache
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
     failures = []
     for flags in FLAG_SETS:
