@@ -1,9 +1,12 @@
 """Install vonenet-brainscore: VOneNets as Brain-Score brain models."""
+import runpy
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# Pure data, read without importing the package (nothing is installed yet).
+DEPENDENCIES = runpy.run_path(str(HERE / 'vonenet_brainscore' / 'dependencies.py'))
 
 
 setup(
@@ -20,23 +23,10 @@ setup(
     package_dir={'vonenet_brainscore.commitments': 'commitments'},
     include_package_data=True,
     package_data={'vonenet_brainscore.commitments': ['*.json'],
-                  'vonenet_brainscore': ['plugin/*', 'plugin/*/*', 'v1_properties/*.json', 'vone/*.c']},
-    install_requires=[
-        'torch==2.14.1',
-        'torchvision==0.29.1',
-        'brainscore-vision==2.4.2',
-        'opencv-python<4.12',
-        'numpy<2',
-        'scipy',
-        'xarray',
-        'pandas',
-        'tqdm',
-        'requests',
-        'filelock',
-        'matplotlib',
-        # ImageNet-C corruptions; robustness/corruptions.py adapts it to current setuptools and scikit-image
-        'imagecorruptions==1.1.2',
-    ],
+                  'vonenet_brainscore': ['LICENSE', 'v1_properties/*.json', 'vone/*.c'],
+                  'vonenet_brainscore.submission': ['*.json']},
+    # Supported ranges; the exact tested stack is constraints.txt (pip install ... -c constraints.txt).
+    install_requires=DEPENDENCIES['INSTALL_REQUIRES'],
     extras_require={'test': ['pytest', 'pytest-check']},
     entry_points={'console_scripts': ['vonenet-brainscore=vonenet_brainscore.cli:main']},
 )

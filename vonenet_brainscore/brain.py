@@ -8,16 +8,11 @@ model's name. ``pretrained=False`` builds the untrained model on purpose and tag
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-
-# Never let Brain-Score pip-install requirements or stall on cloud metadata probes.
-os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
-os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
 
 from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly, walk_coords  # noqa: E402
 from brainscore_vision.model_helpers.brain_transformation.behavior import (  # noqa: E402

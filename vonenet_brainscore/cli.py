@@ -8,12 +8,12 @@ import os
 import sys
 from typing import Callable, Dict
 
-# Brain-Score otherwise pip-installs plugin requirements into whatever Python is on PATH, and
-# probes cloud metadata for ~90 s before any S3 failure.
-os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
-os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
-
+# Brain-Score otherwise pip-installs plugin requirements into whatever Python is on PATH, and probes
+# cloud metadata for ~90 s before any S3 failure: the CLI process never does either (see brainscore_env).
 from . import errors  # noqa: E402
+from .brainscore_env import set_process_defaults  # noqa: E402
+
+set_process_defaults()
 
 VERBS: Dict[str, Callable] = {}
 
@@ -410,24 +410,23 @@ robustness_command.arguments = _robustness_arguments
 
 
 # --- plugin ---------------------------------------------------------------------------------------
-@verb('plugin', "install or remove the Brain-Score plugin (so brainscore_vision.load_model finds our models)")
+@verb('plugin', "install or remove the local Brain-Score plugin (so brainscore_vision.load_model finds our models)")
 def plugin_command(args):
     from . import plugin_tools
     if args.action == 'install':
-        path = plugin_tools.install_plugin(models_dir=args.models_dir, mode=args.mode)
-        print(f'installed ({plugin_tools.installed_mode(args.models_dir)}): {path}')
+        print(f'installed: {plugin_tools.install_plugin(models_dir=args.models_dir)}')
     elif args.action == 'uninstall':
         removed = plugin_tools.uninstall_plugin(models_dir=args.models_dir)
         print('removed' if removed else 'not installed; nothing to remove')
+    elif not plugin_tools.is_installed(args.models_dir):
+        print('not installed')
     else:
-        mode = plugin_tools.installed_mode(args.models_dir)
-        print(f'installed ({mode})' if mode else 'not installed')
+        print('installed' if plugin_tools.is_current(args.models_dir)
+              else 'installed, but out of date (another vonenet-brainscore version wrote it): run plugin install')
 
 
 def _plugin_arguments(parser):
     parser.add_argument('action', choices=['install', 'uninstall', 'status'])
-    parser.add_argument('--mode', choices=['symlink', 'copy'], default='symlink',
-                        help='symlink to the installed package (default) or copy the folder')
     parser.add_argument('--models-dir', help="Brain-Score's models folder (default: the installed brainscore_vision's)")
 
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
-os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
-os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
-
 from brainscore_core import Score  # noqa: E402
+
+from .brainscore_env import offline_defaults  # noqa: E402
 from brainscore_core.supported_data_standards.brainio.assemblies import (  # noqa: E402
     NeuroidAssembly, NeuronRecordingAssembly, walk_coords)
 from brainscore_vision.benchmark_helpers.neural_common import NeuralBenchmark, average_repetition  # noqa: E402
@@ -204,7 +202,8 @@ def load_brainscore_benchmark(identifier: str):
     """``brainscore_vision.load_benchmark(identifier)``, with an error that says why it failed."""
     import brainscore_vision
     try:
-        return brainscore_vision.load_benchmark(identifier)
+        with offline_defaults():
+            return brainscore_vision.load_benchmark(identifier)
     except VOneNetError:
         raise
     except Exception as error:

@@ -21,9 +21,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
-os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
-
 from brainscore_core.supported_data_standards.brainio.assemblies import (  # noqa: E402
     NeuronRecordingAssembly, walk_coords)
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet  # noqa: E402

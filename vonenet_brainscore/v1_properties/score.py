@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..brainscore_env import offline_defaults
 from ..errors import VOneNetError
 from .registry import OFFLINE_BENCHMARKS, S3_ONLY_BENCHMARKS, install_offline_data
 
@@ -116,7 +117,8 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
         store, extractor.store_activations = extractor.store_activations, False
     try:
         for identifier in identifiers:
-            benchmark = brainscore_vision.load_benchmark(identifier)
+            with offline_defaults():
+                benchmark = brainscore_vision.load_benchmark(identifier)
             recorder = _RecordingMetric(benchmark._similarity_metric)
             benchmark._similarity_metric = recorder  # observe only: the metric still computes the score
             property_name = recorder.metric.property_name

@@ -1,0 +1,48 @@
+"""Brain-Score submissions: one self-contained zip per model, and the website's upload check run locally.
+
+A submitted plugin cannot rely on this package being installed where Brain-Score scores it (it is not
+on PyPI), so ``build_submission`` generates the plugin from the package at build time with the code it
+needs inside (``vendoring``, ``plugin_files``) and writes the zip (``archive``). ``check_submission``
+applies the website's rules (``website``). ``build_submission`` refuses to write a zip that breaks them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+from ..errors import SubmissionError
+from .archive import write_zip
+from .plugin_files import render_plugin
+from .website import check_submission, load_taken_names
+
+__all__ = ['build_submission', 'build_all_submissions', 'check_submission', 'render_plugin', 'load_taken_names',
+           'submission_root']
+
+
+def submission_root(identifier: str) -> str:
+    """The zip's single top-level folder (any name is accepted; this one says what is inside)."""
+    return f'{identifier}_submission'
+
+
+def build_submission(model: str, out_zip) -> Path:
+    """Write the upload zip for one brain model (``vonenet_resnet50``, or a catalogue name such as
+    ``resnet50``) and return its path. The zip is checked with the website's rules before it is kept."""
+    from ..identifiers import resolve
+    identifier = resolve(model)
+    out_zip = write_zip(out_zip, submission_root(identifier), identifier,
+                        render_plugin([identifier], carry_code=True))
+    problems = check_submission(out_zip)
+    if problems:
+        out_zip.unlink()
+        raise SubmissionError(f"the zip built for {identifier} breaks the website's rules (nothing written): "
+                              + '; '.join(problems))
+    return out_zip
+
+
+def build_all_submissions(folder) -> List[Path]:
+    """One zip per brain-model identifier, ``<folder>/<identifier>.zip``."""
+    from ..identifiers import list_identifiers
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SubmissionError(f"--all {folder}: it is a file; give a folder to write one zip per model into")
+    return [build_submission(identifier, folder / f'{identifier}.zip') for identifier in list_identifiers()]

@@ -1,0 +1,67 @@
+"""Write a Brain-Score submission zip: ``<root>/models/<plugin>/...`` with explicit folder entries.
+
+The website finds plugin types and plugins by their folder entries (names ending in ``/``), so every
+folder gets one, the root first. Timestamps and permissions are fixed, so the same files give the
+same zip, byte for byte. The zip is written beside its destination and renamed into place: the
+destination is either the complete new zip or untouched.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict
+
+from ..errors import SubmissionError
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _entries(root: str, plugin: str, files: Dict[str, bytes]) -> Dict[str, bytes]:
+    """Every zip entry, folders (value None) included, keyed by its full name."""
+    prefix = f'{root}/models/{plugin}/'
+    entries: Dict[str, bytes] = {f'{root}/': None, f'{root}/models/': None, prefix: None}
+    for relative, content in files.items():
+        parts = relative.split('/')
+        for depth in range(1, len(parts)):
+            entries[prefix + '/'.join(parts[:depth]) + '/'] = None
+        entries[prefix + relative] = content
+    return dict(sorted(entries.items()))  # a folder sorts before everything inside it
+
+
+def write_zip(out_zip, root: str, plugin: str, files: Dict[str, bytes]) -> Path:
+    """Write ``files`` (paths inside the plugin folder) as ``root/models/plugin/...`` into ``out_zip``."""
+    out_zip = Path(out_zip)
+    if out_zip.suffix.lower() != '.zip':
+        raise SubmissionError(f"{out_zip}: the submission file name must end in .zip")
+    if out_zip.is_dir():
+        raise SubmissionError(f"{out_zip} is a folder; give the path of the zip file to write")
+    try:
+        out_zip.parent.mkdir(parents=True, exist_ok=True)
+        handle, part = tempfile.mkstemp(dir=out_zip.parent, prefix=f'.{out_zip.name}.', suffix='.part')
+    except OSError as error:
+        raise SubmissionError(f"cannot write {out_zip}: {error}") from error
+    try:
+        with os.fdopen(handle, 'wb') as stream:
+            with zipfile.ZipFile(stream, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
+                for name, content in _entries(root, plugin, files).items():
+                    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                    if content is None:
+                        info.external_attr = (0o40755 << 16) | 0x10  # a folder, rwxr-xr-x
+                        archive.writestr(info, b'')
+                    else:
+                        info.external_attr = 0o100644 << 16
+                        info.compress_type = zipfile.ZIP_DEFLATED
+                        archive.writestr(info, content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(part, 0o644)
+        os.replace(part, out_zip)
+    except BaseException as error:
+        if os.path.exists(part):
+            os.unlink(part)
+        if isinstance(error, OSError):
+            raise SubmissionError(f"could not write the submission {out_zip}: {error}") from error
+        raise
+    return out_zip
