@@ -1,42 +1,33 @@
-"""The Brain-Score plugin (vonenet_brainscore/plugin/), its install into Brain-Score, and the submission zip.
+"""The local Brain-Score plugin (``plugin install``): generated from the package, found by Brain-Score.
 
 Install tests work on a temporary copy of Brain-Score's models folder (every bundled plugin's
 ``__init__.py``, which is all Brain-Score reads to find a plugin) and check it with Brain-Score's own
 plugin-locating code. The integration tests install into the real ``brainscore_vision/models`` for
 the duration of the module and remove it afterwards (unless it was installed before).
-
-Brain-Score's generic plugin tests need three images that its wheel lacks. They are run from a
-verbatim copy of ``generic_plugin_tests.py`` placed in a temporary folder beside generated images,
-because the tests find the images next to their own file; site-packages is not touched.
 """
-import importlib.util
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import warnings
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from vonenet_brainscore import plugin_tools
-from vonenet_brainscore.plugin_tools import (PLUGIN_NAME, SUBMISSION_ROOT, PluginConflictError, PluginError,
-                                             build_submission, check_region_layer_maps, install_plugin,
-                                             installed_mode, is_installed, plugin_identifiers, plugin_source_dir,
-                                             uninstall_plugin, write_region_layer_maps)
+from published_checkpoint import published_checkpoint
+from scoring_machine import copy_generic_plugin_tests
+from vonenet_brainscore import cli, plugin_tools
+from vonenet_brainscore.commitments_io import load_commitment
+from vonenet_brainscore.errors import UnknownModelError, WeightsUnavailableError
+from vonenet_brainscore.identifiers import IDENTIFIERS
+from vonenet_brainscore.plugin_tools import (MARKER_NAME, PLUGIN_NAME, PluginConflictError, PluginError,
+                                             install_plugin, is_current, is_installed, uninstall_plugin)
+from vonenet_brainscore.submission import render_plugin
 
-from vonenet_brainscore import brain  # noqa: E402
 from brainscore_core.plugin_management.import_plugin import ImportPlugin  # noqa: E402
 from brainscore_core.plugin_management.parse_plugin_changes import get_plugin_ids  # noqa: E402
-from brainscore_core.submission.repository import find_submission_directory  # noqa: E402
 
 REAL_MODELS = plugin_tools.brainscore_models_dir()
 UNREACHABLE = 'http://127.0.0.1:9/'  # connection refused at once: the published weights are "unavailable"
-SHIPPED_FILES = {'__init__.py', 'model.py', 'test.py', 'requirements.txt'}
 
 
 def brainscore_locate(models_dir: Path, identifier: str) -> str:
@@ -48,12 +39,8 @@ def brainscore_locate(models_dir: Path, identifier: str) -> str:
 
 
 def tree(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
-
-
-def shipped_tree() -> dict:
-    return {name: data for name, data in tree(plugin_source_dir()).items()
-            if '__pycache__' not in name and not name.endswith('.pyc')}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and '__pycache__' not in p.parts}
 
 
 @pytest.fixture
@@ -70,119 +57,89 @@ def models_copy(tmp_path):
     return models
 
 
-@pytest.fixture
-def source_copy(tmp_path):
-    """A copy of the shipped plugin folder, to break on purpose."""
-    copy = tmp_path / 'plugin-source'
-    shutil.copytree(plugin_source_dir(), copy, ignore=shutil.ignore_patterns('__pycache__'))
-    return copy
+# --- the generated plugin ------------------------------------------------------------------------------------
 
-
-# --- the plugin folder ---------------------------------------------------------------------------------------
-
-def test_shipped_region_layer_maps_equal_the_generator_output(tmp_path):
-    shipped = plugin_source_dir() / 'region_layer_map'
-    generated = tmp_path / 'generated'
-    written = write_region_layer_maps(generated)
-    assert sorted(p.name for p in written) == sorted(f'{i}.json' for i in brain.IDENTIFIERS)
-    assert tree(shipped) == tree(generated), \
-        'region_layer_map/ drifted from commitments/: run plugin_tools.write_region_layer_maps()'
-    for identifier, model_spec in brain.IDENTIFIERS.items():
-        from vonenet_brainscore.commitments_io import load_commitment
-        assert json.loads((shipped / f'{identifier}.json').read_text()) == \
-            load_commitment(model_spec.model).region_layers == brain.region_layer_map(identifier)
-    assert check_region_layer_maps() == []
-
-
-def test_check_region_layer_maps_names_every_drift(source_copy):
-    folder = source_copy / 'region_layer_map'
-    changed = json.loads((folder / 'vonenet_alexnet.json').read_text())
-    changed['IT'] = 'model.features.12'
-    (folder / 'vonenet_alexnet.json').write_text(json.dumps(changed, indent=2) + '\n')
-    (folder / 'vonenet_cornets.json').unlink()
-    (folder / 'vonenet_old.json').write_text('{}\n')
-    problems = check_region_layer_maps(folder)
-    assert len(problems) == 3
-    assert any('vonenet_alexnet.json differs' in p for p in problems)
-    assert any('vonenet_cornets.json is missing' in p for p in problems)
-    assert any('vonenet_old.json' in p and 'stale' in p for p in problems)
-    write_region_layer_maps(folder)
-    assert check_region_layer_maps(folder) == [f'{folder / "vonenet_old.json"} belongs to no brain model (stale)']
-
-
-def test_init_registers_each_identifier_once_and_literally():
-    text = (plugin_source_dir() / '__init__.py').read_text()
+@pytest.mark.parametrize('carry_code', [False, True])
+def test_init_registers_each_identifier_once_literally_single_quoted(carry_code):
+    identifiers = list(IDENTIFIERS) if not carry_code else ['vonenet_cornets_nonoise']
+    text = render_plugin(identifiers, carry_code=carry_code)['__init__.py'].decode()
     registry_lines = [line for line in text.splitlines() if 'model_registry[' in line.replace('"', "'")]
-    assert len(registry_lines) == len(brain.IDENTIFIERS) == 10
     registered = []
     for line in registry_lines:
-        match = re.fullmatch(r"model_registry\['([^']+)'\] = lambda: brain_model\('([^']+)'\)", line)
-        assert match, f'not a literal one-line registration: {line!r}'
+        match = re.fullmatch(r"model_registry\['([^'-]+)'\] = lambda: build_brain_model\('([^']+)'\)", line)
+        assert match, f'not a literal one-line single-quoted registration: {line!r}'
         assert match.group(1) == match.group(2), f'registered under one identifier, builds another: {line!r}'
         registered.append(match.group(1))
-    assert sorted(registered) == sorted(brain.IDENTIFIERS)
-    assert len(set(registered)) == len(registered)
-    assert plugin_identifiers() == registered
-    assert 'from vonenet_brainscore.brain import brain_model' in text
+    assert registered == identifiers
+    assert text.count('model_registry[') == len(identifiers)  # nowhere else, not even in the docstring
 
 
-def test_plugin_folder_has_brainscore_layout():
-    folder = plugin_source_dir()
-    assert SHIPPED_FILES <= {p.name for p in folder.iterdir() if p.is_file()}
-    assert not (folder / 'metadata.yaml').exists() and not (folder / 'metadata.yml').exists()
-    requirements = [line.strip() for line in (folder / 'requirements.txt').read_text().splitlines() if line.strip()]
-    assert requirements == ['vonenet-brainscore']
-    test_text = (folder / 'test.py').read_text()
-    for identifier in brain.IDENTIFIERS:
-        assert f"'{identifier}'" in test_text
+def test_local_plugin_imports_the_installed_package_and_submitted_one_its_own_copy():
+    local = render_plugin(['vonenet_resnet50'], carry_code=False)
+    carried = render_plugin(['vonenet_resnet50'], carry_code=True)
+    assert b'from vonenet_brainscore.brain import brain_model' in local['model.py']
+    assert b'from .vonenet_brainscore.brain import brain_model' in carried['model.py']
+    assert not [name for name in local if name.startswith('vonenet_brainscore/')]
+    assert 'vonenet_brainscore/brain.py' in carried and 'LICENSE' in carried
+    assert b'GNU GENERAL PUBLIC LICENSE' in carried['LICENSE'] and b'Version 3' in carried['LICENSE']
+    assert 'requirements.txt' not in local  # its requirement is the installed package itself
+    for files in (local, carried):
+        assert not [name for name in files if 'metadata.y' in name or ' ' in name]
+        assert {'__init__.py', 'model.py', 'test.py', 'region_layer_map/vonenet_resnet50.json'} <= set(files)
 
 
-def test_plugin_model_functions_delegate_to_the_package(monkeypatch):
+def test_region_layer_maps_are_the_commitments():
+    files = render_plugin(list(IDENTIFIERS), carry_code=False)
+    for identifier, model_spec in IDENTIFIERS.items():
+        shipped = json.loads(files[f'region_layer_map/{identifier}.json'])
+        assert shipped == load_commitment(model_spec.model).region_layers
+    assert shipped['V1'] == 'vone_block'
+
+
+def test_unknown_and_old_names_are_refused_when_rendering():
+    with pytest.raises(UnknownModelError, match="now 'vonenet_resnet50_at'"):
+        render_plugin(['vonenet-resnet50-at'], carry_code=True)
+    with pytest.raises(UnknownModelError, match="unknown brain model"):
+        render_plugin(['voneresnet-50'], carry_code=True)
+
+
+def test_plugin_model_functions(tmp_path, monkeypatch):
+    """The generated model.py of the local plugin, imported as Brain-Score imports a plugin module."""
     monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', UNREACHABLE)
-    loaded = importlib.util.spec_from_file_location('vonenet_plugin_model', plugin_source_dir() / 'model.py')
-    model = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(model)
-    from vonenet_brainscore.commitments_io import load_commitment
-    assert model.get_model_list() == list(brain.IDENTIFIERS)
+    install_plugin(tmp_path)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('vonenet_plugin_model', tmp_path / PLUGIN_NAME / 'model.py')
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    assert model.get_model_list() == list(IDENTIFIERS)
     assert model.get_layers('vonenet_cornets_nonoise') == load_commitment('cornets').candidate_layers
     bibtex = model.get_bibtex('vonenet_resnet50')
     assert 'Dapello' in bibtex and 'Marques' in bibtex and '2020' in bibtex and 'Neural Information' in bibtex
     with pytest.raises(KeyError, match='vonenet_resnet50'):
         model.get_bibtex('resnet50')
-    from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)
-        activations = model.get_model('vonenet_alexnet')
-    assert isinstance(activations, PytorchWrapper)
-    assert activations.identifier.startswith('vonenet_alexnet_untrained@')
+    with pytest.raises(WeightsUnavailableError, match='vonealexnet_e70.pth.tar'):
+        model.get_model('vonenet_alexnet')  # no weights: an error, never an untrained stand-in
 
 
 # --- install into a copy of Brain-Score's models folder ------------------------------------------------------
 
-@pytest.mark.parametrize('mode', ['symlink', 'copy'])
-def test_install_is_found_by_brainscore_and_uninstall_removes_it(models_copy, mode):
+def test_install_is_found_by_brainscore_and_uninstall_removes_it(models_copy):
     before = sorted(p.name for p in models_copy.iterdir())
     with pytest.raises(AssertionError, match='No registrations'):
         brainscore_locate(models_copy, 'vonenet_resnet50')
     assert not is_installed(models_copy)
 
-    target = install_plugin(models_copy, mode=mode)
-    assert target == models_copy / PLUGIN_NAME
-    assert is_installed(models_copy) and installed_mode(models_copy) == mode
-    for identifier in brain.IDENTIFIERS:
+    target = install_plugin(models_copy)
+    assert target == models_copy / PLUGIN_NAME and not target.is_symlink()
+    assert is_installed(models_copy) and is_current(models_copy)
+    for identifier in IDENTIFIERS:
         assert brainscore_locate(models_copy, identifier) == PLUGIN_NAME
-    assert sorted(get_plugin_ids('models', [PLUGIN_NAME], str(models_copy.parent))) == sorted(brain.IDENTIFIERS)
-    if mode == 'symlink':
-        assert target.is_symlink() and Path(os.readlink(target)) == plugin_source_dir()
-    else:
-        assert not target.is_symlink() and target.is_dir()
-        assert {name: data for name, data in tree(target).items() if name != plugin_tools.MARKER_NAME} \
-            == shipped_tree()
-        assert not list(target.rglob('__pycache__'))
+    assert sorted(get_plugin_ids('models', [PLUGIN_NAME], str(models_copy.parent))) == sorted(IDENTIFIERS)
+    assert {n: d for n, d in tree(target).items() if n != MARKER_NAME} == \
+        render_plugin(list(IDENTIFIERS), carry_code=False)
     assert sorted(p.name for p in models_copy.iterdir()) == sorted(before + [PLUGIN_NAME])  # nothing else left
 
-    assert install_plugin(models_copy, mode=mode) == target  # again: fine, same result
-    assert installed_mode(models_copy) == mode
+    assert install_plugin(models_copy) == target  # again: fine, same result
     assert sorted(p.name for p in models_copy.iterdir()) == sorted(before + [PLUGIN_NAME])
 
     assert uninstall_plugin(models_copy) is True
@@ -191,17 +148,26 @@ def test_install_is_found_by_brainscore_and_uninstall_removes_it(models_copy, mo
     assert uninstall_plugin(models_copy) is False
 
 
-def test_install_switches_mode_and_refreshes_a_stale_copy(models_copy):
-    target = install_plugin(models_copy, mode='copy')
+def test_a_stale_install_is_reported_and_refreshed(models_copy):
+    target = install_plugin(models_copy)
     (target / 'model.py').write_text('# stale\n')
-    (target / 'region_layer_map' / 'vonenet_old.json').write_text('{}\n')
-    install_plugin(models_copy, mode='copy')
-    assert {n: d for n, d in tree(target).items() if n != plugin_tools.MARKER_NAME} == shipped_tree()
-    install_plugin(models_copy, mode='symlink')
-    assert target.is_symlink() and installed_mode(models_copy) == 'symlink'
-    install_plugin(models_copy, mode='copy')
-    assert not target.is_symlink() and installed_mode(models_copy) == 'copy'
+    (target / 'region_layer_map' / 'vonenet-old.json').write_text('{}\n')
+    assert is_installed(models_copy) and not is_current(models_copy)
+    install_plugin(models_copy)
+    assert is_current(models_copy)
+    assert not (target / 'region_layer_map' / 'vonenet-old.json').exists()
     assert not [p for p in models_copy.iterdir() if p.name.startswith('.')]
+
+
+def test_an_old_symlink_install_of_ours_is_replaced_and_removed(models_copy, tmp_path):
+    target = models_copy / PLUGIN_NAME
+    target.symlink_to(tmp_path / 'gone' / 'vonenet_brainscore' / 'plugin', target_is_directory=True)
+    assert not is_installed(models_copy)
+    install_plugin(models_copy)
+    assert is_installed(models_copy) and not target.is_symlink()
+    shutil.rmtree(target)
+    target.symlink_to(tmp_path / 'gone' / 'vonenet_brainscore' / 'plugin', target_is_directory=True)
+    assert uninstall_plugin(models_copy) is True and not os.path.lexists(target)
 
 
 @pytest.mark.parametrize('kind', ['folder', 'symlink', 'file'])
@@ -209,7 +175,7 @@ def test_install_and_uninstall_refuse_to_touch_a_foreign_entry(models_copy, tmp_
     target = models_copy / PLUGIN_NAME
     if kind == 'folder':
         target.mkdir()
-        (target / '__init__.py').write_text("model_registry['someone-else'] = None\n")
+        (target / '__init__.py').write_text("model_registry['someone_else'] = None\n")
     elif kind == 'symlink':
         elsewhere = tmp_path / 'someone_elses_plugin'
         elsewhere.mkdir()
@@ -219,9 +185,8 @@ def test_install_and_uninstall_refuse_to_touch_a_foreign_entry(models_copy, tmp_
         target.write_text('not a plugin\n')
     snapshot = (os.readlink(target) if target.is_symlink() else tree(target) if target.is_dir()
                 else target.read_bytes())
-    for mode in ('symlink', 'copy'):
-        with pytest.raises(PluginConflictError, match='did not install'):
-            install_plugin(models_copy, mode=mode)
+    with pytest.raises(PluginConflictError, match='did not install'):
+        install_plugin(models_copy)
     with pytest.raises(PluginConflictError, match='left untouched'):
         uninstall_plugin(models_copy)
     assert not is_installed(models_copy)
@@ -239,24 +204,27 @@ def test_install_refuses_when_another_plugin_registers_our_identifier(models_cop
     assert not os.path.lexists(models_copy / PLUGIN_NAME)
 
 
-def test_a_dangling_link_of_ours_is_replaced_and_removed(models_copy, tmp_path):
-    target = models_copy / PLUGIN_NAME
-    target.symlink_to(tmp_path / 'gone' / 'vonenet_brainscore' / 'plugin', target_is_directory=True)
-    assert not is_installed(models_copy)
-    install_plugin(models_copy)
-    assert is_installed(models_copy) and target.resolve() == plugin_source_dir()
-    target.unlink()
-    target.symlink_to(tmp_path / 'gone' / 'vonenet_brainscore' / 'plugin', target_is_directory=True)
-    assert uninstall_plugin(models_copy) is True and not os.path.lexists(target)
-
-
-def test_install_arguments_are_checked(models_copy, tmp_path):
-    with pytest.raises(PluginError, match='unknown install mode'):
-        install_plugin(models_copy, mode='hardlink')
+def test_install_arguments_are_checked(tmp_path):
     with pytest.raises(PluginError, match='not a folder'):
         install_plugin(tmp_path / 'no-such-models')
     with pytest.raises(PluginError, match='not a folder'):
         uninstall_plugin(tmp_path / 'no-such-models')
+
+
+def test_plugin_verb_through_the_cli(models_copy, capsys):
+    assert cli.main(['plugin', 'status', '--models-dir', str(models_copy)]) == 0
+    assert capsys.readouterr().out.strip() == 'not installed'
+    assert cli.main(['plugin', 'install', '--models-dir', str(models_copy)]) == 0
+    assert capsys.readouterr().out.strip() == f'installed: {models_copy / PLUGIN_NAME}'
+    assert cli.main(['plugin', 'status', '--models-dir', str(models_copy)]) == 0
+    assert capsys.readouterr().out.strip() == 'installed'
+    (models_copy / PLUGIN_NAME / 'test.py').write_text('# edited\n')
+    assert cli.main(['plugin', 'status', '--models-dir', str(models_copy)]) == 0
+    assert 'out of date' in capsys.readouterr().out
+    assert cli.main(['plugin', 'uninstall', '--models-dir', str(models_copy)]) == 0
+    assert capsys.readouterr().out.strip() == 'removed'
+    assert cli.main(['plugin', 'install', '--models-dir', str(models_copy / 'nope')]) == 2
+    assert 'not a folder' in capsys.readouterr().err
 
 
 def test_default_models_folder_is_brainscores():
@@ -264,196 +232,49 @@ def test_default_models_folder_is_brainscores():
     assert plugin_tools.brainscore_models_dir() == Path(brainscore_vision.__file__).resolve().parent / 'models'
 
 
-# --- submission zip ----------------------------------------------------------------------------------------------
-
-def website_validate_zip(path):
-    """brain-score.web's upload check (benchmarks/views/user.py: validate_zip and helpers), reproduced."""
-    with zipfile.ZipFile(path) as archive:
-        names = [info.filename for info in archive.infolist()]
-    plugins = {n.split('/')[1].lower() for n in names if n.endswith('/') and n.count('/') == 2}
-    plugins &= {'models', 'benchmarks', 'data', 'metrics'}
-    assert plugins, 'no models/benchmarks/data/metrics folder under the root folder'
-    for plugin in plugins:
-        instances = [n.split('/')[2] for n in names if n.endswith('/') and n.count('/') == 3
-                     and n.split('/')[1] == plugin]
-        assert instances, f'{plugin} folder is empty'
-        for instance in instances:
-            files = {n.split('/')[-1] for n in names if n.split('/')[-2] == instance}
-            assert {'__init__.py', 'test.py'} <= files, f'{instance} lacks __init__.py or test.py'
-
-
-def test_submission_zip_layout(tmp_path):
-    out = build_submission(tmp_path / 'out' / 'vonenet.zip')
-    assert out == tmp_path / 'out' / 'vonenet.zip' and out.is_file()
-    assert [p.name for p in out.parent.iterdir()] == ['vonenet.zip']  # no temporary file left
-    prefix = f'{SUBMISSION_ROOT}/models/{PLUGIN_NAME}/'
-    with zipfile.ZipFile(out) as archive:
-        assert archive.testzip() is None
-        names = archive.namelist()
-        files = {n[len(prefix):]: archive.read(n) for n in names if not n.endswith('/')}
-    assert all(n.startswith(prefix) for n in names if not n.endswith('/'))
-    assert {n for n in names if n.endswith('/')} == {f'{SUBMISSION_ROOT}/', f'{SUBMISSION_ROOT}/models/', prefix,
-                                                     prefix + 'region_layer_map/'}
-    assert files == shipped_tree()
-    assert set(files) == SHIPPED_FILES | {f'region_layer_map/{i}.json' for i in brain.IDENTIFIERS}
-    assert not [n for n in names if '__pycache__' in n or n.endswith('.pyc') or '/.' in n]
-    website_validate_zip(out)
-
-    extracted = tmp_path / 'extracted'
-    with zipfile.ZipFile(out) as archive:
-        archive.extractall(extracted)
-    root = extracted / find_submission_directory(extracted)  # Brain-Score's own unpacking rule
-    assert root.name == SUBMISSION_ROOT
-    assert sorted(get_plugin_ids('models', [PLUGIN_NAME], str(root))) == sorted(brain.IDENTIFIERS)
-
-
-def test_submission_leaves_out_caches_and_hidden_files_and_is_reproducible(source_copy, tmp_path):
-    (source_copy / '__pycache__').mkdir(exist_ok=True)
-    (source_copy / '__pycache__' / 'model.cpython-311.pyc').write_bytes(b'\0')
-    (source_copy / 'region_layer_map' / '__pycache__').mkdir()
-    (source_copy / 'stray.pyc').write_bytes(b'\0')
-    (source_copy / '.DS_Store').write_bytes(b'\0')
-    (source_copy / plugin_tools.MARKER_NAME).write_text('{}')
-    first = build_submission(tmp_path / 'a.zip', source_dir=source_copy)
-    second = build_submission(tmp_path / 'b.zip', source_dir=plugin_source_dir())
-    assert first.read_bytes() == second.read_bytes()
-    with zipfile.ZipFile(first) as archive:
-        assert not [n for n in archive.namelist() if 'pycache' in n or n.endswith('.pyc') or '/.' in n]
-
-
-def test_submission_is_written_atomically(source_copy, tmp_path):
-    out = tmp_path / 'dist' / 'vonenet.zip'
-    out.parent.mkdir()
-    out.write_bytes(b'the previous submission')
-    # A file that cannot be read, sorted last: the failure comes after most of the zip was written.
-    (source_copy / 'zz_broken.py').symlink_to(tmp_path / 'missing.py')
-    with pytest.raises(PluginError, match='could not write the submission'):
-        build_submission(out, source_dir=source_copy)
-    assert out.read_bytes() == b'the previous submission'
-    assert [p.name for p in out.parent.iterdir()] == ['vonenet.zip']
-    fresh = tmp_path / 'fresh.zip'
-    with pytest.raises(PluginError):
-        build_submission(fresh, source_dir=source_copy)
-    assert not fresh.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith('.part')]
-
-
-def test_submission_refuses_stale_region_maps_and_bad_paths(source_copy, tmp_path):
-    (source_copy / 'region_layer_map' / 'vonenet_resnet50.json').write_text('{"IT": "model.layer3"}\n')
-    with pytest.raises(PluginError, match='do not match commitments'):
-        build_submission(tmp_path / 'x.zip', source_dir=source_copy)
-    assert not (tmp_path / 'x.zip').exists()
-    with pytest.raises(PluginError, match='must end in .zip'):
-        build_submission(tmp_path / 'x.tar')
-    (tmp_path / 'folder.zip').mkdir()
-    with pytest.raises(PluginError, match='is a folder'):
-        build_submission(tmp_path / 'folder.zip')
-    (source_copy / 'test.py').unlink()
-    with pytest.raises(PluginError, match='test.py'):
-        build_submission(tmp_path / 'y.zip', source_dir=source_copy)
-
-
 # --- Brain-Score integration (real site-packages) --------------------------------------------------------------
 
 @pytest.fixture(scope='module')
 def installed_in_brainscore():
-    """The plugin symlinked into the real brainscore_vision/models for this module, then removed again."""
+    """The plugin installed into the real brainscore_vision/models for this module, then removed again."""
     was_installed = is_installed()
-    path = install_plugin(mode='symlink')
+    path = install_plugin()
     yield path
     if not was_installed:
         uninstall_plugin()
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', UNREACHABLE)
-
-
-def test_brainscore_load_model_finds_the_plugin(installed_in_brainscore, offline):
+def test_brainscore_load_model_without_weights_fails_with_the_remedy(installed_in_brainscore, monkeypatch):
     import brainscore_vision
-    with pytest.warns(RuntimeWarning, match='UNTRAINED'):
-        model = brainscore_vision.load_model('vonenet_resnet50')
-    assert model.identifier == 'vonenet_resnet50_untrained'  # no weights offline: tagged, never mistaken
-    shipped = json.loads((installed_in_brainscore / 'region_layer_map' / 'vonenet_resnet50.json').read_text())
-    assert model.commitment.region_layers == shipped == brain.region_layer_map('vonenet_resnet50')
-    assert model.visual_degrees() == 8
+    monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', UNREACHABLE)
+    with pytest.raises(WeightsUnavailableError, match=r'(?s)voneresnet50_e70\.pth\.tar.*VONENET_BRAINSCORE_MIRROR'):
+        brainscore_vision.load_model('vonenet_resnet50')
     assert 'Dapello' in brainscore_vision.load_model_bibtex('vonenet_resnet50')
-    with pytest.warns(RuntimeWarning, match='UNTRAINED'):
-        nonoise = brainscore_vision.load_model('vonenet_cornets_nonoise')
-    assert nonoise.identifier == 'vonenet_cornets_nonoise_untrained'
-    assert nonoise.network.vone_block.config.noise_mode is None
 
 
-def _isolated_pytest(tmp_path, *args, env=None):
-    """Run pytest in a fresh interpreter with an empty config (not this repository's pytest.ini)."""
-    ini = tmp_path / 'pytest.ini'
-    ini.write_text('[pytest]\nmarkers =\n    travis_slow\n    memory_intense\n    slow\n')
-    command = [sys.executable, '-m', 'pytest', '-c', str(ini), '--rootdir', str(tmp_path), '-p', 'no:cacheprovider',
-               '-q', *map(str, args)]
-    return subprocess.run(command, cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=1800)
+@pytest.fixture(scope='module')
+def published_weights_cached(tmp_path_factory, reference):
+    """The published resnet50 file name in a cache, written by the original code in the published format."""
+    home = tmp_path_factory.mktemp('vonenet-home-with-weights')
+    (home / 'weights').mkdir()
+    published_checkpoint(reference, 'resnet50', home / 'weights' / 'voneresnet50_e70.pth.tar', 'neuronal')
+    return home
 
 
-def test_plugin_test_py_passes_when_weights_are_present(installed_in_brainscore, isolated_cache, tmp_path):
-    """The plugin's own test.py, run as Brain-Score's CI runs it, with a checkpoint in the published
-    format in the cache (random weights: the real ones cannot be downloaded here)."""
-    import torch
-    from vonenet_brainscore.zoo import get_model, model_record
-    record = model_record('resnet50')
-    record.cache_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({'flags': {'arch': 'resnet50'}, 'epoch': 0,
-                'state_dict': get_model('resnet50', pretrained=False).state_dict()}, record.cache_path)
-    result = _isolated_pytest(tmp_path, installed_in_brainscore / 'test.py', '-k',
-                              '[vonenet_resnet50] or [vonenet_resnet50_nonoise] or package_knows',
-                              env={'VONENET_BRAINSCORE_HOME': str(isolated_cache),
-                                   'VONENET_BRAINSCORE_MIRROR': UNREACHABLE})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert '5 passed' in result.stdout, result.stdout[-2000:]
-
-
-def _generic_tests_folder(tmp_path) -> Path:
-    """A verbatim copy of Brain-Score's generic plugin tests (and their conftest), beside the three images
-    they look for in ``generic_plugin_tests_resources/``."""
-    from PIL import Image
-    from brainscore_vision.model_helpers import generic_plugin_tests
-    folder = tmp_path / 'generic'
-    resources = folder / 'generic_plugin_tests_resources'
-    resources.mkdir(parents=True)
-    shutil.copyfile(generic_plugin_tests.__file__, folder / 'generic_plugin_tests.py')
-    shutil.copyfile(Path(generic_plugin_tests.__file__).parent / 'conftest.py', folder / 'conftest.py')
-    rng = np.random.default_rng(0)
-    for name in ('rgb1.jpg', 'rgb2.jpg', 'rgb3.png'):
-        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), 'RGB').save(resources / name)
-    return folder
-
-
-GENERIC_TESTS = ['test_identifier', 'test_visual_degrees', 'test_start_task_or_recording',
-                 'test_look_at_neural_V1', 'test_look_at_behavior_probabilities']
-
-
-@pytest.mark.filterwarnings('ignore::RuntimeWarning')
-def test_brainscore_generic_plugin_tests(installed_in_brainscore, offline, tmp_path):
-    """Brain-Score's generic plugin tests for vonenet_resnet50 (all ten: the slow test below)."""
-    folder = _generic_tests_folder(tmp_path)
+def test_brainscore_generic_plugin_tests(installed_in_brainscore, published_weights_cached, monkeypatch, tmp_path):
+    """Brain-Score's generic plugin tests for vonenet_resnet50 and vonenet_resnet50_nonoise, run from a
+    verbatim copy beside the images they need, in this process."""
+    monkeypatch.setenv('VONENET_BRAINSCORE_HOME', str(published_weights_cached))
+    monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', UNREACHABLE)
+    import importlib.util
+    folder = copy_generic_plugin_tests(tmp_path / 'generic')
     loaded = importlib.util.spec_from_file_location('generic_plugin_tests_copy', folder / 'generic_plugin_tests.py')
     generic = importlib.util.module_from_spec(loaded)
     loaded.loader.exec_module(generic)
     found = sorted(name for name in dir(generic) if name.startswith('test_'))
-    assert found == sorted(GENERIC_TESTS), 'Brain-Score changed its generic tests: update GENERIC_TESTS'
-    assert generic._make_stimulus_set().stimulus_paths['stimid3'].is_file()
-    for name in GENERIC_TESTS:
-        getattr(generic, name)('vonenet_resnet50')
-
-
-@pytest.mark.slow
-def test_brainscore_generic_plugin_tests_all_identifiers_as_brainscore_ci_runs_them(installed_in_brainscore,
-                                                                                      isolated_cache, tmp_path):
-    """``pytest -m "not slow" generic_plugin_tests.py --plugin_directory <plugin>``, as Brain-Score's
-    test_plugin.sh runs it: the identifiers come from Brain-Score's parsing of our __init__.py."""
-    folder = _generic_tests_folder(tmp_path)
-    result = _isolated_pytest(tmp_path, folder / 'generic_plugin_tests.py', '-m', 'not slow',
-                              '--plugin_directory', installed_in_brainscore, '-W', 'ignore::RuntimeWarning',
-                              env={'VONENET_BRAINSCORE_HOME': str(isolated_cache),
-                                   'VONENET_BRAINSCORE_MIRROR': UNREACHABLE})
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
-    assert f'{len(GENERIC_TESTS) * len(brain.IDENTIFIERS)} passed' in result.stdout, result.stdout[-3000:]
+    assert found == ['test_identifier', 'test_look_at_behavior_probabilities', 'test_look_at_neural_V1',
+                     'test_start_task_or_recording', 'test_visual_degrees'], \
+        'Brain-Score changed its generic tests: update this list'
+    for identifier in ('vonenet_resnet50', 'vonenet_resnet50_nonoise'):
+        for name in found:
+            getattr(generic, name)(identifier)

@@ -19,6 +19,7 @@ SUPPORTED = {
     'requests': '>=2.20',
     'filelock': '>=3.4',
     'tqdm': '>=4.40',
+    'result-caching': '>=0.4',  # Brain-Score's activation cache (a brainscore-vision dependency)
     'urllib3': '>=1.26',
     'matplotlib': '>=3.5',
     'opencv-python': '>=4.5,<4.12',  # newer releases need numpy 2 and make pip backtrack
@@ -30,7 +31,7 @@ IMPORT_TO_DISTRIBUTION = {
     'torch': 'torch', 'torchvision': 'torchvision', 'brainscore_vision': 'brainscore-vision',
     'brainscore_core': 'brainscore-core', 'numpy': 'numpy', 'scipy': 'scipy', 'pandas': 'pandas',
     'xarray': 'xarray', 'PIL': 'pillow', 'requests': 'requests', 'urllib3': 'urllib3', 'filelock': 'filelock', 'tqdm': 'tqdm',
-    'matplotlib': 'matplotlib', 'cv2': 'opencv-python', 'imagecorruptions': 'imagecorruptions',
+    'matplotlib': 'matplotlib', 'result_caching': 'result-caching', 'cv2': 'opencv-python', 'imagecorruptions': 'imagecorruptions',
 }
 """Top-level import name -> the PyPI distribution that provides it."""
 
