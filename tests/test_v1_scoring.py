@@ -129,3 +129,21 @@ def test_cli_scores_all_seven(tmp_path):
     assert records[0]['model'].startswith('vonenet_resnet50_untrained@') and 'weights=untrained' in records[0]['settings']
     assert output.with_suffix('.csv').exists()
     assert len(list(output.with_suffix('').glob('*.png'))) == 7
+
+
+def test_without_weights_the_v1_score_falls_back_only_when_v1_is_the_voneblock(monkeypatch, caplog):
+    """V1 = the fixed, seeded VOneBlock: its scores cannot depend on the back-end, so the untrained one is
+    used, tagged and announced. A back-end layer as V1 would depend on it: then missing weights are an error."""
+    from vonenet_brainscore.errors import CheckpointError, WeightsUnavailableError
+    from vonenet_brainscore.v1_properties.score import score_v1_properties
+    monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', 'http://127.0.0.1:9/')
+    with pytest.raises(WeightsUnavailableError, match='voneresnet50_e70.pth.tar'):
+        score_v1_properties('vonenet_resnet50', ['v1-properties'], layer='model.layer2', progress=False)
+    with pytest.raises(CheckpointError, match='/no/such/file.pth.tar'):  # a file asked for: never replaced
+        score_v1_properties('vonenet_resnet50', ['v1-properties'], weights_path='/no/such/file.pth.tar',
+                            progress=False)
+    # The model is built (with the untrained back-end) before the benchmark ids are read: an unknown id
+    # shows the fallback happened without running a benchmark.
+    with caplog.at_level('WARNING'), pytest.raises(VOneNetError, match='unknown V1 property benchmark'):
+        score_v1_properties('vonenet_resnet50', ['no-such-benchmark'], progress=False)
+    assert "do not depend on the back-end" in caplog.text and "tagged '_untrained'" in caplog.text
