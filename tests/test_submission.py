@@ -20,7 +20,7 @@ from vonenet_brainscore.submission import build_all_submissions, build_submissio
 from vonenet_brainscore.submission.vendoring import module_closure, vendored_code
 from vonenet_brainscore.submission.website import collect_brainscore_names
 
-ROOT = 'vonenet_resnet50_submission'
+ROOT = 'submission'  # the upload page asks for submission/models/<model_identifier>/
 PLUGIN = f'{ROOT}/models/vonenet_resnet50/'
 
 

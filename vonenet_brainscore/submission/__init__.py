@@ -16,12 +16,11 @@ from .plugin_files import render_plugin
 from .website import check_submission, load_taken_names
 
 __all__ = ['build_submission', 'build_all_submissions', 'check_submission', 'render_plugin', 'load_taken_names',
-           'submission_root']
+           'SUBMISSION_ROOT']
 
 
-def submission_root(identifier: str) -> str:
-    """The zip's single top-level folder (any name is accepted; this one says what is inside)."""
-    return f'{identifier}_submission'
+SUBMISSION_ROOT = 'submission'
+"""The zip's single top-level folder: the structure the upload page asks for, submission/models/<identifier>/."""
 
 
 def build_submission(model: str, out_zip) -> Path:
@@ -29,7 +28,7 @@ def build_submission(model: str, out_zip) -> Path:
     ``resnet50``) and return its path. The zip is checked with the website's rules before it is kept."""
     from ..identifiers import resolve
     identifier = resolve(model)
-    out_zip = write_zip(out_zip, submission_root(identifier), identifier,
+    out_zip = write_zip(out_zip, SUBMISSION_ROOT, identifier,
                         render_plugin([identifier], carry_code=True))
     problems = check_submission(out_zip)
     if problems:
