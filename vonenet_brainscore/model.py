@@ -10,6 +10,7 @@ from torch import nn
 
 from .backends import build_backend, first_conv_in_channels
 from .vone import VOneBlock, VOneBlockConfig
+from .vone.inputs import check_images, check_matches
 
 BOTTLENECK_CHANNELS = 64
 
@@ -33,6 +34,21 @@ class VOneNet(nn.Sequential):
         self.config: VOneBlockConfig = vone_block.config
         self.image_size = vone_block.config.image_size
         self.visual_degrees = vone_block.config.visual_degrees
+
+    def forward(self, images):
+        """Logits (or the VOneBlock's output, without a back-end) for a normalised (N, 3, H, W) batch.
+
+        Checked first (metadata only; the VOneBlock then checks the pixels are finite): a wrong
+        layout, dtype, device or size raises an :class:`~vonenet_brainscore.vone.inputs.InputError`
+        saying what to pass instead, before any work is done.
+        """
+        block = self.vone_block
+        check_images(images, where='the VOneNet', in_channels=block.in_channels, ksize=block.config.ksize,
+                     padding=block.simple_conv_q0.padding, check_finite=False)
+        weight = getattr(self._modules.get('bottleneck'), 'weight', None)
+        if isinstance(weight, torch.Tensor):  # the block's output must suit the back-end's weights
+            check_matches(images, weight, where='the VOneNet')
+        return super().forward(images)
 
     @property
     def gabor_params(self) -> dict:

@@ -3,6 +3,8 @@ gain, and Poisson-like neuronal noise)."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -16,6 +18,7 @@ from .compiled import CompiledCells
 from .fast import GroupedGabors, NotSingleChannel
 from .spectral import SpectralGabors
 from .filters import GaborFilterBank, assign_colour_channels, gabor_kernels
+from .inputs import InputError, InputTypeError, check_images, check_matches
 from .params import GaborParameters, sample_gabor_parameters
 
 NOISE_MODES = (None, 'neuronal', 'gaussian')
@@ -23,6 +26,8 @@ NOISE_MODES = (None, 'neuronal', 'gaussian')
 # 'grouped' and 'spectral' skip the work it discards; 'compiled' is 'spectral' fused with the cells
 # in C kernels (CPU inference); 'auto' picks the fastest that applies to the input.
 METHODS = ('auto', 'compiled', 'spectral', 'grouped', 'dense')
+# What torch.fft (so the Fourier methods) computes in.
+FFT_DTYPES = (torch.float32, torch.float64)
 # Added under the square root of the neuronal noise so its gradient stays finite at zero rate.
 NEURONAL_NOISE_EPS = 10e-5
 
@@ -49,6 +54,24 @@ class VOneBlockConfig:
     stride: int = 4
 
     def __post_init__(self):
+        def setting(name, rule):
+            return f"VOneBlock setting {name} must be {rule}, got {getattr(self, name)!r}"
+        for name in ('simple_channels', 'complex_channels', 'gabor_seed', 'colour_seed', 'image_size', 'ksize',
+                     'stride'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(setting(name, 'a whole number'))
+        for name in ('sf_corr', 'sf_max', 'sf_min', 'k_exc', 'noise_scale', 'noise_level', 'visual_degrees'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(setting(name, 'a number'))
+            if not math.isfinite(value):
+                raise ValueError(setting(name, 'finite'))
+        for name in ('image_size', 'ksize', 'stride'):
+            if getattr(self, name) < 1:
+                raise ValueError(setting(name, '>= 1'))
+        if self.visual_degrees <= 0:
+            raise ValueError(setting('visual_degrees', '> 0 (the image width in degrees of visual angle)'))
         if self.noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
         if self.simple_channels < 0 or self.complex_channels < 0 or self.out_channels == 0:
@@ -151,9 +174,38 @@ class VOneBlock(nn.Module):
     def fast(self, value: bool) -> None:
         self.method = 'auto' if value else 'dense'
 
+    def check_input(self, x, padding=None, *, name: str = 'images', where: str = 'the VOneBlock') -> None:
+        """Raise :class:`~vonenet_brainscore.vone.inputs.InputError` (a ValueError, or a TypeError for
+        the wrong type or dtype) unless ``x`` is a batch this block computes the same way with every
+        method: non-empty (N, 3, H, W) floating point, at least the filters' size, finite pixels.
+        Metadata checks plus one reduction over ``x`` (that one skipped under tracing and compiling)."""
+        padding = self._padding(padding)
+        check_images(x, name=name, where=where, in_channels=self.in_channels, ksize=self.config.ksize,
+                     padding=padding, check_finite=not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
+
+    def _padding(self, padding) -> int:
+        if padding is None:
+            return self.simple_conv_q0.padding
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise InputError(f"VOneBlock padding must be a whole number of pixels >= 0 (or None for the "
+                             f"filters' half size, {self.simple_conv_q0.padding}); got {padding!r}")
+        return padding
+
+    def _check_method_takes(self, x: torch.Tensor, method: str) -> None:
+        """The dtype and device ``method`` needs (metadata only)."""
+        weight = self.simple_conv_q0.weight
+        if method == 'spectral':  # any weights: the filters' spectra follow the images' dtype and device
+            if x.dtype not in FFT_DTYPES:
+                raise InputTypeError(f"VOneBlock.method = 'spectral' takes float32 or float64 images (torch.fft); "
+                                     f"got {x.dtype}: use method = 'auto' or 'grouped', or pass images.float()")
+            return
+        check_matches(x, weight, where='the VOneBlock')
+
     def gabors_f(self, x, padding=None):
         """Simple and complex cell responses times the gain, before noise."""
+        self.check_input(x, padding)
         method = self.method_for(x, padding)
+        self._check_method_takes(x, method)
         if method == 'dense':  # the original's arithmetic, operation for operation
             q0 = self.simple_conv_q0(x, padding)
             q1 = self.simple_conv_q1(x, padding)
@@ -185,12 +237,17 @@ class VOneBlock(nn.Module):
         """The method ``gabors_f`` uses for ``x``: 'compiled', 'spectral', 'grouped' or 'dense'."""
         if self.method not in METHODS:
             raise ValueError(f"VOneBlock.method must be one of {METHODS}, got {self.method!r}")
-        if self.method == 'dense' or self._filter_plans() is None:
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if self.method == 'dense' or (self.method == 'auto' and tracing):
+            return 'dense'  # under tracers and compilers: the original's operators, what they handle best
+        if self._filter_plans() is None:
             return 'dense'
         if self.method != 'auto':
             return self.method
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return 'dense'  # the original's operators: what tracers and compilers handle best
+        if x.dtype != self.simple_conv_q0.weight.dtype and x.dtype in FFT_DTYPES:
+            return 'spectral'  # the one method whose filters follow the images' dtype
+        if x.dtype not in FFT_DTYPES:
+            return 'grouped'  # torch.fft takes neither float16 nor bfloat16 on the CPU
         padding = self.simple_conv_q0.padding if padding is None else padding
         side = lambda n: (n + 2 * padding - self.config.ksize) // self.stride + 1
         positions = side(x.shape[-2]) * side(x.shape[-1])

@@ -61,6 +61,17 @@ def _units(q0: torch.Tensor, q1: torch.Tensor, simple_channels: int, pairs_per_u
     return units
 
 
+def _require(name: str, tensor: torch.Tensor, shape: Tuple[int, ...], dtype: torch.dtype) -> None:
+    """What a C kernel assumes of a buffer it gets as a bare pointer: the shape it indexes, its
+    dtype, contiguous memory on the CPU. Metadata only (about a microsecond)."""
+    if (tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype or tensor.device.type != 'cpu'
+            or not tensor.is_contiguous()):
+        raise RuntimeError(f"internal error: the compiled VOneBlock kernels' {name} buffer is {tuple(tensor.shape)} "
+                           f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()}), not the "
+                           f"contiguous {tuple(shape)} {dtype} on the CPU they read; please report it, and use "
+                           f"VOneBlock.method = 'spectral' meanwhile")
+
+
 class CompiledCells:
     """``__call__(x, gains, padding)`` returns the VOneBlock's cells before noise, equal (to float32
     rounding) to ``gains[0] * relu(q0)`` for simple and ``gains[1] * sqrt(q0^2 + q1^2)`` for complex
@@ -76,8 +87,13 @@ class CompiledCells:
         self.stride, self.padding, self.ksize = stride, padding, q0.shape[-1]
         self.kernels = kernels
         self.images_per_call, self.cached_sizes = images_per_call, cached_sizes
-        self.out_channels = q0.shape[0]
+        self.out_channels, self.in_channels = q0.shape[0], q0.shape[1]
         self.units = _units(q0.detach().cpu(), q1.detach().cpu(), simple_channels, pairs_per_unit)
+        for unit in self.units:  # the cells kernel writes channel channels[slot] and reads colour unit.colours[i]
+            if (max(unit.colours) >= self.in_channels or len(unit.channels) != 2 * unit.kernels[0].shape[0]
+                    or int(unit.channels.max()) >= self.out_channels):
+                raise RuntimeError(f"internal error: compiled unit {unit.colours} does not fit {self.in_channels} "
+                                   f"colours and {self.out_channels} channels")
         self._spectra: Dict[Tuple[int, int], List[Tuple[torch.Tensor, ...]]] = {}
 
     def _unit_spectra(self, size: Tuple[int, int]) -> List[Tuple[torch.Tensor, ...]]:
@@ -90,12 +106,22 @@ class CompiledCells:
         return self._spectra[size]
 
     def __call__(self, x: torch.Tensor, gains: Sequence[float], padding=None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the compiled VOneBlock kernels take a torch.Tensor, got {type(x).__name__}")
         if x.device.type != 'cpu' or x.dtype != torch.float32:
             raise ValueError(f"the compiled VOneBlock kernels take float32 CPU tensors, got {x.dtype} on {x.device}")
         padding = self.padding if padding is None else padding
+        if x.dim() != 4 or x.shape[1] != self.in_channels or padding < 0:
+            raise ValueError(f"the compiled VOneBlock kernels take (N, {self.in_channels}, H, W) images and padding "
+                             f">= 0, got shape {tuple(x.shape)} and padding {padding}")
         batch, colours = x.shape[:2]
         s = self.stride
         rows, cols, n_h, n_w, m_h, m_w = grid = fourier_grid(*x.shape[-2:], padding, s, self.ksize)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {self.ksize} px filters "
+                             f"with {padding} px of padding")
+        if rows > m_h or cols > m_w or n_h != m_h * s or n_w != m_w * s:
+            raise RuntimeError(f"internal error: Fourier grid {grid} does not hold the output")
         frequencies = m_h * m_w
         blocks = -(-frequencies // VECTOR_LENGTH)
         out = x.new_empty((batch, self.out_channels, rows, cols))
@@ -104,6 +130,7 @@ class CompiledCells:
         spectra = self._unit_spectra((n_h, n_w))
         threads = torch.get_num_threads()
         half_spectra = torch.fft.rfft2(pad_to_grid(x, padding, grid)).contiguous()  # (B, colours, N_h, N_w / 2 + 1), as packed
+        _require('half spectra', half_spectra, (batch, colours, n_h, n_w // 2 + 1), torch.complex64)
         chunks = []  # per call's images, so each buffer is small enough for the allocator to reuse
         for first in range(0, batch, self.images_per_call):
             count = min(self.images_per_call, batch - first)
@@ -114,6 +141,9 @@ class CompiledCells:
         for unit, unit_spectra in zip(self.units, spectra):
             pairs = unit_spectra[0].shape[1]
             gain = float(gains[1] if unit.complex_cells else gains[0])
+            for filters in unit_spectra:
+                _require('filter spectra', filters, (blocks, pairs, s * s, 2, VECTOR_LENGTH), torch.float32)
+            _require('channel', unit.channels, (2 * pairs,), torch.int64)
             for first, count, aliases in chunks:
                 maps = []
                 for colour, filters in zip(unit.colours, unit_spectra):
@@ -122,6 +152,8 @@ class CompiledCells:
                                           products.data_ptr(), count, pairs, s * s, blocks, frequencies,
                                           aliases.stride(0), threads)
                     maps.append(torch.fft.ifft2(products).contiguous())
+                    _require('maps', maps[-1], (count, pairs, m_h, m_w), torch.complex64)
+                _require('output', out, (batch, self.out_channels, rows, cols), torch.float32)
                 self.kernels.cells(maps[0].data_ptr(), maps[1].data_ptr() if unit.complex_cells else None,
                                    out[first].data_ptr(), unit.channels.data_ptr(), count, pairs, m_h, m_w,
                                    rows, cols, out.stride(0), gain, threads)

@@ -2,9 +2,15 @@
 
 The kernels are compiled with the system C compiler into the user cache (one file per source,
 compiler, flags and CPU, so a home directory shared by different machines never loads code built
-for another CPU), written atomically, loaded with ctypes and checked against torch on a small
-problem before use. Without a compiler, or with ``VONENET_BRAINSCORE_NO_COMPILE=1``, nothing is
-built and the VOneBlock uses its torch-only methods; :func:`unavailable_reason` says why.
+for another CPU). A build is loaded from its temporary file and checked against torch on small
+problems before it is stamped (the SHA-256 of its bytes) and renamed into place, so only a working
+build is ever cached. A cached library is loaded only from a private folder (owned by this user,
+writable by no one else, up to the cache root), owned by this user, and only if its bytes match
+its stamp; anything else is rebuilt over, or left alone. Every failure (no compiler, a compiler
+that writes nothing, a read-only or unusable cache, a foreign or empty library) means
+:func:`kernels` returns None and the VOneBlock uses its torch-only methods;
+:func:`unavailable_reason` says why. ``VONENET_BRAINSCORE_NO_COMPILE=1`` (or true, yes, on)
+switches compiling off.
 
 OpenMP code links ``libgomp.so.1``, which resolves to the copy torch has already loaded, so the
 kernels share torch's thread pool rather than competing with it.
@@ -16,12 +22,14 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -32,6 +40,7 @@ DISABLE_ENV = 'VONENET_BRAINSCORE_NO_COMPILE'
 # Tried in order: the fastest build the compiler accepts. Never fast-math (NaN must propagate).
 FLAG_SETS = (['-O3', '-march=native', '-fopenmp'], ['-O3', '-fopenmp'], ['-O3'])
 VECTOR_LENGTH = 16  # VL in kernels.c
+BUILD_TIMEOUT_S = 300
 
 _c_float_p = ctypes.c_void_p
 
@@ -41,6 +50,7 @@ class Kernels:
 
     def __init__(self, library: ctypes.CDLL, path: Path, flags: List[str]):
         self.path, self.flags = path, flags
+        self.digest: Optional[str] = None  # SHA-256 of the library's bytes, when loaded from a checked file
         self.contract = library.vone_contract
         self.contract.argtypes = [_c_float_p] * 3 + [ctypes.c_int] * 5 + [ctypes.c_long, ctypes.c_int]
         self.contract.restype = None
@@ -52,12 +62,49 @@ class Kernels:
         self.pack_aliases.restype = None
 
 
-def find_compiler() -> Optional[str]:
-    """The C compiler to build with: $CC, else cc, gcc or clang on the PATH."""
-    for name in (os.environ.get('CC'), 'cc', 'gcc', 'clang'):
-        if name and shutil.which(name):
-            return shutil.which(name)
+def compiler_command() -> Optional[List[str]]:
+    """The C compiler command to build with: $CC (a command line such as ``gcc -m64`` or
+    ``ccache gcc``), else cc, gcc or clang on the PATH; the program resolved to its path."""
+    candidates = []
+    if os.environ.get('CC', '').strip():
+        try:
+            candidates.append(shlex.split(os.environ['CC']))
+        except ValueError:  # unbalanced quotes: try it as one name
+            candidates.append([os.environ['CC'].strip()])
+    candidates += [['cc'], ['gcc'], ['clang']]
+    for words in candidates:
+        found = words and shutil.which(words[0])
+        if found:
+            return [found, *words[1:]]
     return None
+
+
+def find_compiler() -> Optional[str]:
+    """The C compiler program that :func:`compiler_command` runs (None when there is none)."""
+    command = compiler_command()
+    return None if command is None else command[0]
+
+
+def compile_disabled() -> bool:
+    """Whether $VONENET_BRAINSCORE_NO_COMPILE switches compiling off: 1, true, yes or on do; 0, false,
+    no, off, empty or unset do not; any other value warns (once) and does not."""
+    value = os.environ.get(DISABLE_ENV)
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word not in FALSE_WORDS and value not in _unrecognised_values:
+        _unrecognised_values.add(value)
+        warnings.warn(f"{DISABLE_ENV}={value!r} is neither true ({', '.join(TRUE_WORDS)}) nor false "
+                      f"({', '.join(FALSE_WORDS[1:])} or empty), so compiling stays on; set {DISABLE_ENV}=1 "
+                      f"to switch it off", RuntimeWarning, stacklevel=2)
+    return False
+
+
+TRUE_WORDS = ('1', 'true', 'yes', 'on')
+FALSE_WORDS = ('', '0', 'false', 'no', 'off')
+_unrecognised_values: set = set()
 
 
 def _cpu_identity() -> str:
@@ -69,21 +116,180 @@ def _cpu_identity() -> str:
         return f'{platform.machine()} {platform.processor()}'
 
 
-def _build(compiler: str, flags: List[str], target: Path) -> Optional[str]:
-    """Compile into ``target`` atomically; return the compiler's complaint on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp')
-    os.close(handle)
+# --- where the library may come from --------------------------------------------------------------
+# A shared library runs code as soon as it is loaded, so it is loaded only from a file that this
+# process's user owns and no one else can write, in folders (up to the cache root) of the same kind,
+# and only when its bytes match the stamp written by the build that made it here; anything else is
+# rebuilt over, or, when that is impossible, left alone and the torch-only methods are used.
+SAFETY_NOTE = "the compiled kernels are loaded only from files and folders that are yours and that no one else can write"
+
+
+def _user(uid: int) -> str:
     try:
-        result = subprocess.run([compiler, *flags, '-shared', '-fPIC', str(SOURCE), '-o', temporary, '-lm'],
-                                capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            return (result.stderr or result.stdout).strip()[-2000:]
-        os.replace(temporary, target)
-        return None
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f'uid {uid}'
+
+
+def _unsafe(path, status: os.stat_result, what: str) -> Optional[str]:
+    """Why ``path`` (with ``status``) is not safe to load code from, or None."""
+    me = os.geteuid() if hasattr(os, 'geteuid') else status.st_uid
+    if status.st_uid != me:
+        return (f"the {what} {path} belongs to {_user(status.st_uid)}, not to {_user(me)} ({SAFETY_NOTE}): set "
+                f"VONENET_BRAINSCORE_HOME to a folder of your own")
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (f"the {what} {path} can be written by other users (mode {stat.filemode(status.st_mode)}; "
+                f"{SAFETY_NOTE}): run 'chmod go-w {path}' (and delete anything in it you did not put there), or "
+                f"set VONENET_BRAINSCORE_HOME to a folder of your own")
+    return None
+
+
+def _private_folder(root: Path) -> Tuple[Optional[Path], Optional[str]]:
+    """``root/kernels``, created private (mode 700) if missing, and checked: (folder, None) or
+    (None, what is wrong and what to do)."""
+    folder = root / 'kernels'
+    try:
+        if not os.path.lexists(folder):
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.mkdir(mode=0o700, exist_ok=True)
+        checks = ((root, os.stat(root), 'cache folder'), (folder, os.lstat(folder), 'kernels folder'))
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((str(p) for p in (root, *root.parents) if p.exists() and not p.is_dir()), str(root))
+        return None, (f"the cache path {blocker} is a file, not a folder: move it away, or set "
+                      f"VONENET_BRAINSCORE_HOME to a folder")
+    except OSError as error:
+        return None, (f"cannot create {folder} ({error.strerror or error}): make {root} writable, or set "
+                      f"VONENET_BRAINSCORE_HOME to a writable folder of your own")
+    for path, status, what in checks:
+        if not stat.S_ISDIR(status.st_mode):
+            kind = 'a link' if stat.S_ISLNK(status.st_mode) else 'not a folder'
+            return None, f"the {what} {path} is {kind}: remove it (it is rebuilt), or set VONENET_BRAINSCORE_HOME"
+        problem = _unsafe(path, status, what)
+        if problem:
+            return None, problem
+    return folder, None
+
+
+def _read_private(path: Path, what: str) -> Tuple[Optional[bytes], Optional[os.stat_result], Optional[str]]:
+    """The bytes of ``path`` if it is a regular file (not a link) safe to trust: (data, status, None),
+    else (None, None, why not)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0))
+    except FileNotFoundError:
+        return None, None, f"{path} is missing"
+    except OSError as error:
+        return None, None, f"cannot open {path} ({error.strerror or error}; a link is never followed)"
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            return None, None, f"{path} is not a regular file"
+        problem = _unsafe(path, status, what)
+        if problem:
+            return None, None, problem
+        chunks = []
+        while True:
+            chunk = os.read(descriptor, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b''.join(chunks), status, None
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        os.close(descriptor)
+
+
+def stamp_path(library: Path) -> Path:
+    """The build stamp next to a cached library: the SHA-256 of the bytes our build wrote."""
+    return library.with_name(library.name + '.sha256')
+
+
+def _load(path: Path, flags: List[str], expected_digest: Optional[str], origin: str
+          ) -> Tuple[Optional['Kernels'], Optional[str]]:
+    """Load and self-check the library at ``path`` if it is safe and (when given) matches
+    ``expected_digest``: (kernels, None) or (None, why not). ``origin`` names it in complaints."""
+    data, status, problem = _read_private(path, 'library')
+    if problem:
+        return None, problem
+    if not data:
+        return None, f"{origin} is an empty file"
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_digest is not None and digest != expected_digest:
+        return None, f"{origin} does not match its build stamp (it was not built here, or changed since)"
+    now = os.lstat(path)
+    if (now.st_ino, now.st_dev) != (status.st_ino, status.st_dev):
+        return None, f"{origin} was replaced while it was being checked"
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        return None, f"cannot load {origin}: {error}"
+    try:
+        loaded = Kernels(library, path, flags)
+    except AttributeError as error:
+        return None, f"{origin} is not a build of {SOURCE.name} ({error})"
+    loaded.digest = digest
+    problem = _self_check(loaded)
+    if problem:
+        return None, f"{origin}: {problem}"
+    return loaded, None
+
+
+def _load_cached(target: Path, flags: List[str]) -> Tuple[Optional['Kernels'], Optional[str]]:
+    """The cached build at ``target``: (kernels, None); (None, None) when there is none; (None, why
+    it is not used) when there is one but it is unsafe, foreign, stale or broken."""
+    if not os.path.lexists(target):
+        return None, None
+    stamp, _, problem = _read_private(stamp_path(target), 'build stamp')
+    if problem:
+        return None, f"the cached {target} has no usable build stamp ({problem})"
+    expected = stamp.decode('ascii', 'replace').strip()
+    return _load(target, flags, expected, f"the cached {target}")
+
+
+class _FolderUnwritable(Exception):
+    """The kernels folder takes no new files (read-only, full, ...)."""
+
+
+def _build(command: List[str], flags: List[str], target: Path) -> Tuple[Optional['Kernels'], Optional[str]]:
+    """Compile, load and self-check into a temporary file, then stamp it and rename it to
+    ``target``: only a build that works is ever cached. (kernels, None) or (None, the complaint)."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp')
+    except OSError as error:
+        raise _FolderUnwritable(f"cannot write to {target.parent} ({error.strerror or error}): make it writable, "
+                                f"or set VONENET_BRAINSCORE_HOME to a writable folder of your own") from error
+    os.close(handle)
+    stamp_temporary = None
+    name = os.path.basename(command[0])
+    try:
+        try:
+            result = subprocess.run([*command, *flags, '-shared', '-fPIC', str(SOURCE), '-o', temporary, '-lm'],
+                                    capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None, f"{name} took more than {BUILD_TIMEOUT_S} s"
+        except OSError as error:
+            return None, f"cannot run {command[0]} ({error.strerror or error})"
+        if result.returncode != 0:
+            return None, (result.stderr or result.stdout).strip()[-2000:] or f"{name} exited with {result.returncode}"
+        if not os.path.lexists(temporary) or os.path.getsize(temporary) == 0:
+            return None, (f"{name} reported success but wrote no library (is CC={' '.join(command)} a C "
+                          f"compiler?)")
+        os.chmod(temporary, 0o700)  # the linker may have made the file anew, with the umask's mode
+        loaded, problem = _load(Path(temporary), flags, None, f"the library {name} built")
+        if loaded is None:
+            return None, problem
+        handle, stamp_temporary = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.stamp')
+        with os.fdopen(handle, 'w') as stamp:
+            stamp.write(loaded.digest + '\n')
+        os.replace(stamp_temporary, stamp_path(target))
+        os.replace(temporary, target)
+        loaded.path = target
+        return loaded, None
+    except OSError as error:  # the folder stopped taking files midway (full disk, ...)
+        return None, f"cannot write the build into {target.parent} ({error.strerror or error})"
+    finally:
+        for leftover in (temporary, stamp_temporary):
+            if leftover and os.path.lexists(leftover):
+                os.unlink(leftover)
 
 
 def _self_check(kernels: Kernels) -> Optional[str]:
@@ -146,38 +352,53 @@ _reason: Optional[str] = None
 @functools.lru_cache(maxsize=None)
 def kernels() -> Optional[Kernels]:
     """The compiled kernels, built on first call; None when they cannot be had (see
-    :func:`unavailable_reason`)."""
+    :func:`unavailable_reason`). Never raises: any failure to build or load them means None."""
     global _reason
-    if os.environ.get(DISABLE_ENV, '').strip() not in ('', '0'):
-        _reason = f'disabled by {DISABLE_ENV}'
-        return None
-    compiler = find_compiler()
-    if compiler is None:
-        _reason = 'no C compiler found (install gcc or clang, or set CC)'
-        return None
+    try:
+        loaded, _reason = _find_or_build()
+    except Exception as error:  # whatever goes wrong here must not break a forward pass
+        loaded, _reason = None, f"building or loading them failed unexpectedly ({type(error).__name__}: {error})"
+    return loaded
+
+
+def _find_or_build() -> Tuple[Optional[Kernels], Optional[str]]:
+    if compile_disabled():
+        return None, f'disabled by {DISABLE_ENV}'
+    command = compiler_command()
+    if command is None:
+        return None, 'no C compiler found (install gcc or clang, or set CC)'
+    if not SOURCE.is_file():
+        return None, f'{SOURCE} is missing (reinstall the package)'
     from ..download import cache_dir  # here: only compilation needs the cache
-    version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
+    try:
+        root = cache_dir()
+    except Exception as error:
+        return None, f"the cache folder cannot be found ({error}); set VONENET_BRAINSCORE_HOME to a folder of your own"
+    folder, problem = _private_folder(root)
+    if problem:
+        return None, problem
+    try:
+        version = subprocess.run([*command, '--version'], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ''
+    source = SOURCE.read_text()
     failures = []
     for flags in FLAG_SETS:
-        key = hashlib.sha256('\0'.join([SOURCE.read_text(), compiler, version, ' '.join(flags),
+        key = hashlib.sha256('\0'.join([source, ' '.join(command), version, ' '.join(flags),
                                         _cpu_identity(), torch.__version__]).encode()).hexdigest()[:20]
-        target = cache_dir() / 'kernels' / f'vone_kernels_{key}.so'
-        if not target.exists():
-            complaint = _build(compiler, flags, target)
-            if complaint is not None:
-                failures.append(f"{' '.join(flags)}: {complaint.splitlines()[-1] if complaint else 'failed'}")
-                continue
+        target = folder / f'vone_kernels_{key}.so'
+        loaded, cached_problem = _load_cached(target, flags)
+        if loaded is not None:
+            return loaded, None
         try:
-            loaded = Kernels(ctypes.CDLL(str(target)), target, flags)
-        except OSError as error:
-            failures.append(f"{' '.join(flags)}: cannot load {target}: {error}")
-            continue
-        problem = _self_check(loaded)
-        if problem is None:
-            return loaded
-        failures.append(f"{' '.join(flags)}: {problem}")
-    _reason = 'compiling vone/kernels.c failed: ' + '; '.join(failures)
-    return None
+            loaded, complaint = _build(command, flags, target)  # replaces a cached file that was refused
+        except _FolderUnwritable as error:
+            return None, '; '.join(filter(None, [cached_problem, str(error)]))
+        if loaded is not None:
+            return loaded, None
+        lines = complaint.splitlines() if complaint else []
+        failures.append(f"{' '.join(flags)}: {lines[-1] if lines else 'failed'}")
+    return None, f'compiling vone/{SOURCE.name} with {" ".join(command)} failed: ' + '; '.join(failures)
 
 
 def unavailable_reason() -> Optional[str]:
@@ -191,9 +412,9 @@ _warned = False
 def warn_unavailable_once() -> None:
     """Say once per process that a slower method stands in (unless the user switched them off)."""
     global _warned
-    if _warned or os.environ.get(DISABLE_ENV, '').strip() not in ('', '0'):
+    if _warned or compile_disabled():
         return
     _warned = True
     warnings.warn(f"the VOneBlock's compiled kernels are unavailable ({_reason}); using the slower torch-only "
-                  f"'spectral' method. Install a C compiler (gcc or clang), or set {DISABLE_ENV}=1 to "
-                  f"silence this.", RuntimeWarning, stacklevel=4)
+                  f"'spectral' method, which gives the same results. Set {DISABLE_ENV}=1 to silence this.",
+                  RuntimeWarning, stacklevel=4)

@@ -112,6 +112,7 @@ class SpectralGabors:
             if len(members) % 2:
                 kernels = torch.cat([kernels, kernels.new_zeros((1,) + kernels.shape[1:])])
                 members = torch.cat([members, members.new_tensor([self.n_out])])
+            kernels = kernels.to(torch.promote_types(kernels.dtype, torch.float32))  # no ComplexHalf
             self.groups.append((colour, torch.complex(kernels[0::2], kernels[1::2]), members))
         self._spectra: Dict[tuple, List[List[torch.Tensor]]] = {}
 
