@@ -9,13 +9,25 @@ Differences from Brain-Score's stock ``PytorchWrapper`` (same assemblies, same c
   for ``<layer>-t<step>``;
 - a stochastic VOneBlock draws its noise per image from (noise seed, trial, image content), so
   responses are reproducible whatever the batch size or order. ``trials(n)`` averages n draws;
-  with ``require_variance`` each of Brain-Score's trials is one draw (instead of a microsaccade).
+  with ``require_variance`` each of Brain-Score's trials is one draw (instead of a microsaccade);
+- cached activations are never served for other stimuli. Brain-Score's activation cache
+  (result_caching) is keyed by model and stimulus-set identifier, not by the images: the same
+  identifier over other files used to end in a bare ``AssertionError`` (a stimulus set) or return the
+  old activations under the old paths (a list of paths), and files rewritten in place were served
+  stale. Next to each cache entry a small ``<entry>.stimuli.json`` records the stimulus paths and the
+  files' size, modification time and BLAKE2 hash; a request whose paths or file contents differ
+  raises ``StaleActivationsError`` before any work, saying how to fix it. Unchanged size and
+  modification time count as unchanged content (as in make and rsync); otherwise the hash decides.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
+import shlex
+import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
@@ -28,8 +40,11 @@ from torch import nn
 
 from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
 
-from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper
+from brainscore_vision.model_helpers.activations import core as brainscore_core
+from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper, lstrip_local
 from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
+
+from .errors import StimulusError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +58,96 @@ V1_LAYERS = {'vone_block', 'vone_block.output'}
 
 class _StopForward(Exception):
     """Raised from a hook once every requested layer has been recorded."""
+
+
+class StaleActivationsError(StimulusError):
+    """Brain-Score's activation cache holds, under this stimulus set's identifier, activations of other stimuli."""
+
+
+MANIFEST_SUFFIX = '.stimuli.json'
+_MANIFEST_VERSION = 1
+_SHOWN = 3  # example paths in an error message
+
+
+def _file_hash(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, 'rb') as file:
+        for chunk in iter(lambda: file.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprint(path: str) -> Optional[list]:
+    """[size, mtime_ns, hash] of a file, or None if it cannot be read."""
+    try:
+        stat = os.stat(path)
+        return [stat.st_size, stat.st_mtime_ns, _file_hash(path)]
+    except OSError:
+        return None
+
+
+def _unique_stimuli(paths) -> "OrderedDict[str, str]":
+    """Brain-Score's comparison key of each path (``lstrip_local``: the part from ``.brainio`` on) ->
+    the path as given, once each, in order."""
+    unique: "OrderedDict[str, str]" = OrderedDict()
+    for path in paths:
+        unique.setdefault(lstrip_local(str(path)), str(path))
+    return unique
+
+
+def _examples(paths) -> str:
+    shown = ', '.join(paths[:_SHOWN])
+    return shown + (f' and {len(paths) - _SHOWN} more' if len(paths) > _SHOWN else '')
+
+
+class ActivationCacheEntry:
+    """Where result_caching keeps one model's activations for one stimulus set, and its stimuli manifest."""
+
+    def __init__(self, key: str, path: Optional[str], stimuli_identifier: str):
+        self.key = key
+        self.path = path  # None: the S3 backend, where no manifest is kept
+        self.stimuli_identifier = stimuli_identifier
+
+    @property
+    def manifest_path(self) -> str:
+        return self.path + MANIFEST_SUFFIX
+
+    def exists(self) -> bool:
+        return self.path is not None and os.path.isfile(self.path)
+
+    def how_to_clear(self) -> str:
+        if self.path is None:
+            return f"delete the entry {self.key!r} from the result_caching S3 bucket"
+        return f"rm {shlex.quote(self.path)}*  (the entry and its {MANIFEST_SUFFIX})"
+
+    def read_manifest(self) -> Optional[dict]:
+        try:
+            with open(self.manifest_path, encoding='utf-8') as file:
+                manifest = json.load(file)
+            if manifest.get('version') == _MANIFEST_VERSION and \
+                    len(manifest['paths']) == len(manifest['files']):
+                return manifest
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def write_manifest(self, stimuli: "OrderedDict[str, str]", files: list) -> None:
+        manifest = {'version': _MANIFEST_VERSION, 'stimuli_identifier': self.stimuli_identifier,
+                    'paths': list(stimuli), 'files': files}
+        directory = os.path.dirname(self.manifest_path)
+        try:
+            handle, temporary = tempfile.mkstemp(dir=directory, prefix='.stimuli-', suffix='.part')
+            try:
+                with os.fdopen(handle, 'w', encoding='utf-8') as file:
+                    json.dump(manifest, file)
+                os.replace(temporary, self.manifest_path)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as error:
+            logger.warning(f"could not record the stimuli of the activation cache entry {self.path} ({error}); "
+                           f"a later request under stimulus set {self.stimuli_identifier!r} cannot be checked "
+                           f"against them")
 
 
 def split_time_step(layer: str):
@@ -94,8 +199,104 @@ class LeanExtractor(ActivationsExtractorHelper):
     def from_paths(self, stimuli_paths, layers, stimuli_identifier=None, require_variance=None):
         if not self.store_activations:  # no stimuli identifier: Brain-Score neither stores nor filters
             stimuli_identifier = None
-        return super().from_paths(stimuli_paths, layers, stimuli_identifier=stimuli_identifier,
-                                  require_variance=require_variance)
+        if not stimuli_identifier:  # nothing is cached, so nothing can be stale
+            return super().from_paths(stimuli_paths, layers, stimuli_identifier=stimuli_identifier,
+                                      require_variance=require_variance)
+        stimuli = _unique_stimuli(stimuli_paths)
+        entry = self.cache_entry(stimuli_identifier, require_variance)
+        files = None
+        if entry is not None and entry.exists():  # refuse before any work (or a merge into the entry)
+            files = self._check_manifest(entry, stimuli)
+        activations = super().from_paths(stimuli_paths, layers, stimuli_identifier=stimuli_identifier,
+                                         require_variance=require_variance)
+        cached = list(_unique_stimuli(activations['stimulus_path'].values))
+        if cached != list(stimuli):  # an entry written before manifests, or by another version
+            self._stale(entry, stimuli_identifier, self._path_difference(cached, list(stimuli)))
+        if entry is not None and entry.exists() and files is not True:
+            entry.write_manifest(stimuli, files or [_fingerprint(path) for path in stimuli.values()])
+        return activations
+
+    # --- stale-cache guard --------------------------------------------------------------------------
+    def cache_entry(self, stimuli_identifier, require_variance=None) -> Optional[ActivationCacheEntry]:
+        """The result_caching entry that ``from_paths`` reads and writes for this stimulus set, or None
+        when nothing is cached. Built with result_caching's own key and path functions, from the
+        arguments Brain-Score's ``from_paths`` passes to its cached ``_from_paths_stored``."""
+        import result_caching
+        try:
+            wrapper = ActivationsExtractorHelper._from_paths_stored
+            cells = dict(zip(wrapper.__code__.co_freevars, (cell.cell_contents for cell in wrapper.__closure__ or ())))
+            storage, function = cells['self'], cells['function']
+            model_key = getattr(brainscore_core, 'model_cache_identifier', lambda identifier: identifier)
+            stimuli_key = getattr(brainscore_core, 'stimulus_set_cache_identifier', lambda identifier: identifier)
+            model = model_key(self.identifier) if self.identifier else None
+            stimuli = stimuli_key(stimuli_identifier) if stimuli_identifier else None
+            if not (model and stimuli):
+                return None
+            call_args = storage.getcallargs(
+                function, self, identifier=model, layers=None, stimuli_identifier=stimuli,
+                resolution=getattr(self, '_resolution', None) or brainscore_core.NO_RESOLUTION,
+                stimuli_paths=None, require_variance=require_variance)
+            key = storage.get_function_identifier(function, call_args)
+            if not result_caching.is_enabled(key):
+                return None
+            s3 = getattr(result_caching, 's3_enabled', lambda: False)()
+            return ActivationCacheEntry(key, None if s3 else storage.storage_path(key), stimuli_identifier)
+        except Exception as error:  # noqa: BLE001 - another result_caching: keep the check on the result
+            logger.debug(f"activation cache entry not located ({type(error).__name__}: {error})")
+            return None
+
+    def _check_manifest(self, entry: ActivationCacheEntry, stimuli: "OrderedDict[str, str]"):
+        """Raise StaleActivationsError if the entry was computed on other paths or other file contents.
+
+        Returns True when the manifest stands as it is, the refreshed file records when only
+        modification times changed, and None when there is no manifest to check against."""
+        manifest = entry.read_manifest()
+        if manifest is None:
+            return None
+        if manifest['paths'] != list(stimuli):
+            self._stale(entry, entry.stimuli_identifier, self._path_difference(manifest['paths'], list(stimuli)))
+        changed, files, refreshed = [], [], False
+        for path, recorded in zip(stimuli.values(), manifest['files']):
+            try:
+                stat = os.stat(path)
+            except OSError:  # gone: Brain-Score serves the cache without reading images, so do we
+                files.append(recorded)
+                continue
+            if recorded is None or [stat.st_size, stat.st_mtime_ns] == recorded[:2]:
+                files.append(recorded)
+            elif stat.st_size != recorded[0] or _file_hash(path) != recorded[2]:
+                changed.append(path)
+            else:  # touched, same bytes
+                files.append([stat.st_size, stat.st_mtime_ns, recorded[2]])
+                refreshed = True
+        if changed:
+            self._stale(entry, entry.stimuli_identifier,
+                        f"{len(changed)} of its {len(stimuli)} image files changed since their activations were "
+                        f"cached ({_examples(changed)})")
+        return files if refreshed else True
+
+    @staticmethod
+    def _path_difference(cached: list, requested: list) -> str:
+        in_cache, in_request = set(cached), set(requested)
+        missing = [path for path in requested if path not in in_cache]
+        others = [path for path in cached if path not in in_request]
+        if not missing and not others:
+            return f"the cache holds the same {len(cached)} images in another order"
+        return (f"{len(missing)} of its {len(requested)} images are not in the cache"
+                + (f" ({_examples(missing)})" if missing else '')
+                + f", which holds {len(cached)} images" + (f", {len(others)} of them others ({_examples(others)})"
+                                                            if others else ''))
+
+    def _stale(self, entry: Optional[ActivationCacheEntry], stimuli_identifier, reason: str):
+        where = entry.how_to_clear() if entry is not None else (
+            f"delete the files named '*identifier={self.identifier},stimuli_identifier={stimuli_identifier},*' "
+            f"under {os.path.expanduser(os.getenv('RESULTCACHING_HOME', '~/.result_caching'))}")
+        raise StaleActivationsError(
+            f"cached activations of model {self.identifier!r} for stimulus set {stimuli_identifier!r} were "
+            f"computed on other stimuli: {reason}. Brain-Score's activation cache is keyed by the stimulus "
+            f"set's identifier, not by its images, so give this stimulus set a new identifier (e.g. "
+            f"stimulus_set.identifier = '{stimuli_identifier}-v2'), or delete the cached activations to "
+            f"recompute them: {where}")
 
     def _pad(self, batch_images, batch_size):
         return batch_images, 0

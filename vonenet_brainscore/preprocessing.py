@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Iterable
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms
 
 from .errors import StimulusError
+from .images import open_rgb, to_rgb  # noqa: F401 (to_rgb: the same rules for in-memory images)
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -17,16 +17,10 @@ IMAGE_SIZE = 224
 
 
 def load_image(path) -> Image.Image:
-    """An RGB PIL image; unreadable or missing files raise StimulusError naming the file."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            return image.convert('RGB')
-    except FileNotFoundError:
-        raise StimulusError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise StimulusError(f"image {path} cannot be read as an image ({error}); check the file "
-                            f"is a complete PNG/JPEG/... and not empty or truncated") from error
+    """The image at ``path`` as 8-bit RGB, from any Pillow mode (rules in ``images.py``); every
+    failure (missing, unreadable, truncated, not an image, decompression bomb) raises StimulusError
+    naming the file."""
+    return open_rgb(path)
 
 
 def evaluation_transform(image_size: int = IMAGE_SIZE):
@@ -42,24 +36,24 @@ def evaluation_transform(image_size: int = IMAGE_SIZE):
 def load_batch(paths: Iterable, image_size: int = IMAGE_SIZE) -> torch.Tensor:
     """Images from files as one normalised batch (N, 3, size, size)."""
     transform = evaluation_transform(image_size)
-    return torch.stack([transform(load_image(path)) for path in paths])
+    images = [transform(load_image(path)) for path in paths]
+    if not images:
+        raise StimulusError("no images to load: give at least one image file")
+    return torch.stack(images)
 
 
 def brainscore_preprocessing(image_size: int = IMAGE_SIZE):
     """Brain-Score's loader (whole image resized to size x size) with VOneNet normalisation.
 
-    A file that cannot be read raises StimulusError naming it (Brain-Score's loader would raise
-    a bare PIL or OS error from deep inside the extraction).
+    Brain-Score's own resize and normalisation (``preprocess_images``), fed by ``load_image``: every
+    Pillow mode becomes RGB as Brain-Score's loader means it to (where that loader gives RGB, the
+    pixels are the same), and a file that cannot be read raises StimulusError naming it.
     """
-    from brainscore_vision.model_helpers.activations.pytorch import load_preprocess_images
+    from brainscore_vision.model_helpers.activations.pytorch import preprocess_images
 
     def preprocess(paths):
-        try:
-            return load_preprocess_images(paths, image_size=image_size, normalize_mean=MEAN, normalize_std=STD)
-        except Exception as error:
-            for path in paths:
-                load_image(path)  # raises StimulusError for the first unreadable file
-            raise StimulusError(f"images could not be preprocessed ({error})") from error
+        return preprocess_images([load_image(path) for path in paths], image_size=image_size,
+                                 normalize_mean=MEAN, normalize_std=STD)
     return preprocess
 
 
