@@ -38,7 +38,7 @@ def test_truncated_checkpoint(tmp_path, resnet_state):
     path = _save(tmp_path / 'full.pth.tar', resnet_state)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    _assert_refused(path, 'truncated, corrupt')
+    _assert_refused(path, 'truncated or corrupt: its zip archive is incomplete')
 
 
 def test_random_bytes(tmp_path):
@@ -50,7 +50,7 @@ def test_random_bytes(tmp_path):
 def test_text_file(tmp_path):
     path = tmp_path / 'readme.pth.tar'
     path.write_text('these are not weights\n')
-    _assert_refused(path, 'corrupt')
+    _assert_refused(path, "is a text file .* Starts with: 'these are not weights")
 
 
 def test_tensor_instead_of_checkpoint(tmp_path):
@@ -99,6 +99,23 @@ def test_wrong_tensor_shape(tmp_path, resnet_state):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match='does not exist'):
         get_model('resnet50', weights_path=tmp_path / 'nowhere.pth.tar')
+
+
+def test_folder_instead_of_file_says_so(tmp_path, resnet_state):
+    _save(tmp_path / 'epoch_70.pth.tar', resnet_state)
+    with pytest.raises(CheckpointError) as info:
+        get_model('resnet50', weights_path=tmp_path)
+    message = str(info.value)
+    assert f'{tmp_path} is a folder, but a checkpoint file is expected' in message
+    assert 'does not exist' not in message
+    assert 'epoch_70.pth.tar' in message  # the candidates in it are named
+
+
+def test_broken_symlink(tmp_path):
+    link = tmp_path / 'weights.pth.tar'
+    link.symlink_to(tmp_path / 'moved-away.pth.tar')
+    with pytest.raises(CheckpointError, match='broken symbolic link .*moved-away.pth.tar'):
+        get_model('resnet50', weights_path=link)
 
 
 def test_unknown_model_name_lists_the_valid_ones():

@@ -15,7 +15,20 @@ from vonenet_brainscore import download
 from vonenet_brainscore.download import download_file
 from vonenet_brainscore.errors import VOneNetError, WeightsUnavailableError
 
-PAYLOAD = os.urandom(2 * 1024 * 1024 + 123)  # not a multiple of the chunk size
+
+
+def _checkpoint_bytes(n_values):
+    """A real checkpoint (a download is checked to be one before it is cached) of incompressible bytes."""
+    import io
+    import torch
+    buffer = io.BytesIO()
+    generator = torch.Generator().manual_seed(0)
+    torch.save({'flags': {'arch': 'resnet50'}, 'epoch': 0,
+                'state_dict': {'weight': torch.rand(n_values, generator=generator)}}, buffer)
+    return buffer.getvalue()
+
+
+PAYLOAD = _checkpoint_bytes(512 * 1024 + 31)  # about 2 MB, not a multiple of the chunk size
 
 
 class LocalServer:
@@ -353,7 +366,7 @@ def test_cache_dir_honours_home_then_xdg_then_user_cache(tmp_path, monkeypatch):
 def test_import_creates_no_directories(tmp_path, monkeypatch):
     monkeypatch.setenv(download.HOME_ENV, str(tmp_path / 'cache'))
     # execute the module afresh under another name, leaving the imported one untouched
-    spec = importlib.util.spec_from_file_location('download_fresh_copy', download.__file__)
+    spec = importlib.util.spec_from_file_location('vonenet_brainscore._download_fresh_copy', download.__file__)
     fresh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fresh)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from torch import nn
 
 from . import download
-from .errors import UnknownModelError
+from .errors import CheckpointError, UnknownModelError
 from .model import VOneNet, build_vonenet
-from .weights import model_from_checkpoint, read_checkpoint
+from .weights import check_checkpoint, model_from_checkpoint, read_checkpoint
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class PublishedModel:
     @property
     def cache_path(self) -> Path:
         return download.weights_dir() / self.filename
+
+    @property
+    def cache_state(self) -> str:
+        """``'verified'``, ``'unrecorded'`` (placed by hand), ``'changed'`` (since it was verified) or ``'missing'``."""
+        return download.cache_state(self.cache_path)
 
 
 CATALOGUE = {record.name: record for record in (
@@ -75,9 +80,33 @@ def get_model(name: str = 'resnet50', pretrained: bool = True, weights_path=None
     record = model_record(name)
     if not pretrained and weights_path is None:
         model: VOneNet = build_vonenet(record.arch, **{**record.vone_settings, **overrides})
-    else:
-        path = Path(weights_path) if weights_path is not None else \
-            download.download_file(record.url, record.cache_path, progress=progress)
+    elif weights_path is not None:
+        path = Path(weights_path)
         checkpoint = read_checkpoint(path, map_location=map_location)
         model = model_from_checkpoint(checkpoint, source=str(path), expected_arch=record.arch, **overrides)
+    else:
+        model = _load_published(record, map_location, progress, overrides)
     return model.to(map_location).eval()
+
+
+def _load_published(record: PublishedModel, map_location, progress: bool, overrides: dict) -> VOneNet:
+    """The published weights from the cache, downloading them once; a download is checked to be this
+    model's checkpoint (flags, architecture, tensor shapes) before it is cached, and loaded only once."""
+    verified = {}
+
+    def verify(part: Path) -> None:
+        source = f'the file downloaded from {record.url}'
+        checkpoint = read_checkpoint(part, source=source, advice=download.NOT_CACHED)
+        check_checkpoint(checkpoint, source=source, expected_arch=record.arch)
+        verified['checkpoint'] = checkpoint
+
+    path = download.download_file(record.url, record.cache_path, progress=progress, verify=verify)
+    checkpoint = verified.pop('checkpoint', None)
+    if checkpoint is None:
+        try:
+            checkpoint = read_checkpoint(path, map_location=map_location)
+        except CheckpointError as error:  # a file placed in the cache by hand, or by an older version
+            raise CheckpointError(f"{error}\n{path} is the cached copy of the {record.name!r} weights: delete it, "
+                                  f"and it is downloaded again from {record.url}; or pass weights_path=<a good "
+                                  f"copy>") from error
+    return model_from_checkpoint(checkpoint, source=str(path), expected_arch=record.arch, **overrides)
