@@ -28,7 +28,7 @@ import filelock
 import requests
 from tqdm import tqdm
 
-from .errors import VOneNetError, WeightsUnavailableError
+from .errors import SettingError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,13 @@ _WAIT_REPORT_SECONDS = 60.0
 MISSING, VERIFIED, UNRECORDED, CHANGED = 'missing', 'verified', 'unrecorded', 'changed'
 
 
-class SettingError(VOneNetError, ValueError):
-    """An environment variable names a cache folder or a mirror that cannot be used."""
+def _make_folders(folder: Path) -> None:
+    """Create ``folder`` and its missing parents as rwxr-xr-x whatever the umask: under a umask of 002 the
+    cache would be group-writable, and the compiled kernels are never loaded from a folder others can write."""
+    missing = [path for path in [folder, *folder.parents] if not path.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)  # mkdir's mode is filtered by the umask, which may drop bits we want kept
 
 
 class DownloadRejected(IOError):
@@ -257,7 +262,7 @@ def download_file(url: str, destination, *, progress: bool = True, timeout: floa
         wait_timeout = total_timeout + 300
     problem = None
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(destination.parent)
         lock = filelock.FileLock(str(destination) + '.lock')
         waited = _acquire(lock, destination, wait_timeout)
     except OSError as error:  # unwritable cache folder, lock on a read-only file system, a wait too long

@@ -42,3 +42,7 @@ class DeviceError(VOneNetError, RuntimeError):
 
 class SubmissionError(VOneNetError):
     """A Brain-Score submission that cannot be built, or a zip that breaks a rule of the website's upload check."""
+
+
+class SettingError(VOneNetError, ValueError):
+    """An environment variable names a cache folder or a mirror that cannot be used."""
