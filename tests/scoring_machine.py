@@ -73,7 +73,9 @@ def _installed_site_packages() -> Path:
     return Path(sysconfig.get_paths()['purelib'])
 
 
-def make_scoring_machine(root: Path) -> ScoringMachine:
+def make_scoring_machine(root: Path, with_our_package: bool = False) -> ScoringMachine:
+    """A fresh environment as described above; ``with_our_package`` links vonenet-brainscore in as well
+    (this test environment's install of it, editable or not), for testing a local ``plugin install``."""
     root.mkdir(parents=True, exist_ok=True)
     venv = root / 'venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, capture_output=True, timeout=300)
@@ -82,12 +84,13 @@ def make_scoring_machine(root: Path) -> ScoringMachine:
                                check=True, capture_output=True, text=True).stdout.strip())
     source = _installed_site_packages()
     for entry in sorted(source.iterdir()):
-        if entry.name.startswith(LEFT_OUT) or entry.suffix == '.pth' or entry.name == 'brainscore_vision':
+        if entry.name == 'brainscore_vision' or (not with_our_package and entry.name.startswith(LEFT_OUT)):
+            continue
+        if entry.suffix == '.pth':  # processed only in site-packages itself: copy, do not link
+            if with_our_package or not entry.name.startswith(LEFT_OUT):
+                shutil.copyfile(entry, site / entry.name)
             continue
         (site / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
-    for hook in ('distutils-precedence.pth',):  # setuptools' own import hook, as a normal install has it
-        if (source / hook).is_file():
-            shutil.copyfile(source / hook, site / hook)
     brainscore = source / 'brainscore_vision'
     overlay = site / 'brainscore_vision'
     overlay.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from published_checkpoint import published_checkpoint
-from scoring_machine import copy_generic_plugin_tests
+from scoring_machine import copy_generic_plugin_tests, make_scoring_machine
 from vonenet_brainscore import cli, plugin_tools
 from vonenet_brainscore.commitments_io import load_commitment
 from vonenet_brainscore.errors import UnknownModelError, WeightsUnavailableError
@@ -229,52 +229,57 @@ def test_plugin_verb_through_the_cli(models_copy, capsys):
 
 def test_default_models_folder_is_brainscores():
     import brainscore_vision
-    assert plugin_tools.brainscore_models_dir() == Path(brainscore_vision.__file__).resolve().parent / 'models'
+    assert plugin_tools.brainscore_models_dir() == Path(brainscore_vision.__file__).parent / 'models'
 
 
-# --- Brain-Score integration (real site-packages) --------------------------------------------------------------
-
-@pytest.fixture(scope='module')
-def installed_in_brainscore():
-    """The plugin installed into the real brainscore_vision/models for this module, then removed again."""
-    was_installed = is_installed()
-    path = install_plugin()
-    yield path
-    if not was_installed:
-        uninstall_plugin()
-
-
-def test_brainscore_load_model_without_weights_fails_with_the_remedy(installed_in_brainscore, monkeypatch):
-    import brainscore_vision
-    monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', UNREACHABLE)
-    with pytest.raises(WeightsUnavailableError, match=r'(?s)voneresnet50_e70\.pth\.tar.*VONENET_BRAINSCORE_MIRROR'):
-        brainscore_vision.load_model('vonenet_resnet50')
-    assert 'Dapello' in brainscore_vision.load_model_bibtex('vonenet_resnet50')
-
+# --- Brain-Score integration: a separate environment, never this one's site-packages -----------------------------
 
 @pytest.fixture(scope='module')
-def published_weights_cached(tmp_path_factory, reference):
-    """The published resnet50 file name in a cache, written by the original code in the published format."""
-    home = tmp_path_factory.mktemp('vonenet-home-with-weights')
-    (home / 'weights').mkdir()
+def machine_with_plugin(tmp_path_factory):
+    """A fresh environment with Brain-Score and this package (see scoring_machine.py), the plugin installed
+    there by the command line: a killed test run leaves nothing in this environment's brainscore_vision."""
+    existed_here = os.path.lexists(REAL_MODELS / PLUGIN_NAME)
+    machine = make_scoring_machine(tmp_path_factory.mktemp('local-plugin'), with_our_package=True)
+    env = machine.env(BS_INSTALL_DEPENDENCIES='no', VONENET_BRAINSCORE_MIRROR=UNREACHABLE)
+    done = machine.run(['-m', 'vonenet_brainscore.cli', 'plugin', 'install'], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f'installed: {machine.models_dir / PLUGIN_NAME}'
+    assert os.path.lexists(REAL_MODELS / PLUGIN_NAME) == existed_here  # this environment's Brain-Score untouched
+    return machine
+
+
+LOAD_WITHOUT_WEIGHTS = """
+import brainscore_vision
+print(brainscore_vision.load_model_bibtex('vonenet_resnet50')[:40])
+try:
+    brainscore_vision.load_model('vonenet_resnet50')
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_brainscore_load_model_without_weights_fails_with_the_remedy(machine_with_plugin):
+    env = machine_with_plugin.env(BS_INSTALL_DEPENDENCIES='no', VONENET_BRAINSCORE_MIRROR=UNREACHABLE)
+    done = machine_with_plugin.run(['-c', LOAD_WITHOUT_WEIGHTS], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith('@inproceedings{NEURIPS2020')
+    assert 'WeightsUnavailableError' in done.stdout and 'voneresnet50_e70.pth.tar' in done.stdout
+    assert 'VONENET_BRAINSCORE_MIRROR' in done.stdout and '_untrained' not in done.stdout
+
+
+def test_brainscore_generic_plugin_tests_as_brainscore_ci_runs_them(machine_with_plugin, reference, tmp_path):
+    """``pytest -m "not slow" generic_plugin_tests.py --plugin_directory <plugin>``, as Brain-Score's CI runs it,
+    for the plugin's ten identifiers (read by Brain-Score from our __init__.py), with published-format
+    checkpoints written by the original code in the cache; here for resnet50 (with and without noise)."""
+    home = tmp_path / 'vonenet-home'
+    (home / 'weights').mkdir(parents=True)
     published_checkpoint(reference, 'resnet50', home / 'weights' / 'voneresnet50_e70.pth.tar', 'neuronal')
-    return home
-
-
-def test_brainscore_generic_plugin_tests(installed_in_brainscore, published_weights_cached, monkeypatch, tmp_path):
-    """Brain-Score's generic plugin tests for vonenet_resnet50 and vonenet_resnet50_nonoise, run from a
-    verbatim copy beside the images they need, in this process."""
-    monkeypatch.setenv('VONENET_BRAINSCORE_HOME', str(published_weights_cached))
-    monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', UNREACHABLE)
-    import importlib.util
     folder = copy_generic_plugin_tests(tmp_path / 'generic')
-    loaded = importlib.util.spec_from_file_location('generic_plugin_tests_copy', folder / 'generic_plugin_tests.py')
-    generic = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(generic)
-    found = sorted(name for name in dir(generic) if name.startswith('test_'))
-    assert found == ['test_identifier', 'test_look_at_behavior_probabilities', 'test_look_at_neural_V1',
-                     'test_start_task_or_recording', 'test_visual_degrees'], \
-        'Brain-Score changed its generic tests: update this list'
-    for identifier in ('vonenet_resnet50', 'vonenet_resnet50_nonoise'):
-        for name in found:
-            getattr(generic, name)(identifier)
+    env = machine_with_plugin.env(BS_INSTALL_DEPENDENCIES='no', VONENET_BRAINSCORE_MIRROR=UNREACHABLE,
+                                  VONENET_BRAINSCORE_HOME=str(home))
+    done = machine_with_plugin.run(['-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'not slow', '-c',
+                                    folder / 'pytest.ini', '--rootdir', folder, folder / 'generic_plugin_tests.py',
+                                    '--plugin_directory', machine_with_plugin.models_dir / PLUGIN_NAME,
+                                    '-k', 'vonenet_resnet50]' + ' or vonenet_resnet50_nonoise]'], env=env)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert '10 passed' in done.stdout, done.stdout[-3000:]

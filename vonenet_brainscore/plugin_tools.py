@@ -47,12 +47,14 @@ def plugin_files() -> Dict[str, bytes]:
 
 
 def brainscore_models_dir() -> Path:
-    """``brainscore_vision/models`` of the installed Brain-Score, found without importing it."""
+    """``brainscore_vision/models`` of the installed Brain-Score, found without importing it, as Brain-Score
+    finds it (next to its ``__init__.py``; links are not resolved, so an environment whose packages are
+    linked in gets its own models folder)."""
     found = importlib.util.find_spec('brainscore_vision')
     if found is None or not found.origin:
         raise PluginError("brainscore_vision is not installed in this environment, so there is no models folder "
                           "to install the plugin into; pip install brainscore-vision")
-    return Path(found.origin).resolve().parent / 'models'
+    return Path(os.path.abspath(found.origin)).parent / 'models'
 
 
 def _models_dir(models_dir: Optional[PathLike]) -> Path:
