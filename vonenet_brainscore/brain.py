@@ -19,7 +19,7 @@ from brainscore_vision.model_helpers.brain_transformation.behavior import (  # n
     BehaviorArbiter, LabelBehavior, OddOneOut, ProbabilitiesMapping)
 from brainscore_vision.model_interface import BrainModel  # noqa: E402
 
-from .commitments_io import Commitment, load_commitment  # noqa: E402
+from .commitments_io import Commitment, UnknownLayerError, layer_hint, load_commitment, unknown_layers  # noqa: E402
 from .errors import CommitmentError  # noqa: E402
 from .extraction import VOneNetActivations  # noqa: E402
 from .identifiers import (IDENTIFIERS, NONOISE_SUFFIX, UNTRAINED_TAG, BrainModelSpec,  # noqa: E402,F401
@@ -79,6 +79,12 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
     if region_layers:
         commitment = commitment.with_region_layers(region_layers)
     network, weights = _load_network(model_spec, weights_path, pretrained, progress)
+    overridden = unknown_layers(network, (region_layers or {}).values())
+    if overridden:  # the caller's names, not the commitments file, are at fault
+        asked = ', '.join(f'{region} -> {layer!r}' for region, layer in region_layers.items() if layer in overridden)
+        raise UnknownLayerError(f"{identifier} has no layer {', '.join(map(repr, overridden))} (asked for as "
+                                f"region_layers {asked}); {layer_hint(network, commitment.candidate_layers)}",
+                                overridden, commitment.candidate_layers)
     commitment.check_layers(network)
     public_identifier = identifier + (UNTRAINED_TAG if weights.startswith('untrained') else '')
     config = network.vone_block.config

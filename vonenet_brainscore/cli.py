@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import sys
-from typing import Callable, Dict
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Sequence
 
 # Brain-Score otherwise pip-installs plugin requirements into whatever Python is on PATH, and probes
 # cloud metadata for ~90 s before any S3 failure: the CLI process never does either (see brainscore_env).
@@ -25,6 +28,134 @@ def verb(name: str, help: str):
         VERBS[name] = function
         return function
     return decorate
+
+
+class UsageError(errors.VOneNetError):
+    """A command-line argument that cannot work, found before any work starts; the message names the flag."""
+
+
+# --- argument checks ------------------------------------------------------------------------------
+def _number(kind, low=None, high=None, *, low_open: bool = False, what: str):
+    """An argparse ``type``: a ``kind`` (int or float) within [low, high] (``low_open``: above low)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) \
+                or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = what  # argparse names the type by it
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, what='a positive integer (1 or more)')
+COUNT = _number(int, 0, what='an integer >= 0')
+SEED = _number(int, 0, 2 ** 32 - 1, what='an integer seed in 0 .. 4294967295')
+POSITIVE_FLOAT = _number(float, 0, low_open=True, what='a number > 0')
+NON_NEGATIVE_FLOAT = _number(float, 0, what='a number >= 0')
+SEVERITY = _number(int, 1, 5, what='a corruption severity in 1 .. 5')
+
+
+def _image_size_type():
+    try:
+        from .weights import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    except ImportError:
+        MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
+    return _number(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE,
+                   what=f'an image size in pixels, {MIN_IMAGE_SIZE} .. {MAX_IMAGE_SIZE}')
+
+
+def _writable_location(flag: str, path: Path, folder: Path) -> None:
+    """``path`` (given to ``flag``) can be written in or under ``folder``: its nearest existing ancestor
+    is a folder in which a file can be made (tried for real: permissions, read-only file systems, root)."""
+    from .imagenet import writable_problem
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path} cannot be created: {existing} is a file, not a folder; choose another "
+                         f"location")
+    problem = writable_problem(existing)
+    if problem:
+        raise UsageError(f"{flag} {path} cannot be written: making a file in {existing} fails ({problem}); choose "
+                         f"a writable location")
+
+
+def _output_file(flag: str, path, suffix: str, about: str = '') -> Path:
+    """Check now, not after the run, that the file ``path`` given to ``flag`` can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}{about} is an existing folder; {flag} takes a file name ending in {suffix}, "
+                         f"e.g. {path / ('results' + suffix)}")
+    if path.suffix.lower() != suffix:
+        raise UsageError(f"{flag} {path}{about} does not end in {suffix}; the file is written as "
+                         f"{suffix[1:].upper()}, name it so, e.g. {path.with_suffix(suffix)}")
+    _writable_location(flag, path, path.parent)
+    if path.exists():
+        try:
+            open(path, 'ab').close()  # appends nothing: only asks whether it could be rewritten
+        except OSError as error:
+            raise UsageError(f"{flag} {path}{about} exists and cannot be rewritten ({error.strerror}); choose "
+                             f"another name or fix its permissions") from None
+    return path
+
+
+def _output_dir(flag: str, path, files: Sequence[str] = (), about: str = '') -> Path:
+    """Check now that ``path`` can be the folder (created if missing) that ``files`` are written into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}{about} is an existing file; {flag} takes a folder (created if missing), "
+                         f"e.g. {path.with_suffix('') if path.suffix else path.parent / (path.name + '_out')}")
+    for name in files:
+        if (path / name).is_dir():
+            raise UsageError(f"{flag} {path}{about}: {path / name} is a folder where the file {name} is to be "
+                             f"written; move it away or choose another {flag}")
+    _writable_location(flag, path, path)
+    return path
+
+
+def _input_file(flag: str, path, folder_ok: bool = False) -> Path:
+    """An existing file (or folder, with ``folder_ok``) given to ``flag``."""
+    path = Path(path)
+    if not path.exists():
+        broken = ' (a symbolic link to a missing file)' if path.is_symlink() else ''
+        raise UsageError(f"{flag} {path} does not exist{broken}; check the path")
+    if path.is_dir() and not folder_ok:
+        inside = sorted(p.name for p in path.iterdir() if p.name.endswith(('.pth', '.pth.tar', '.pt', '.tar')))
+        raise UsageError(f"{flag} {path} is a folder; {flag} takes a checkpoint file"
+                         + (f", e.g. one of these in it: {', '.join(inside[:5])}" if inside else
+                            " (no .pth, .pth.tar or .pt file in it)"))
+    return path
+
+
+@contextlib.contextmanager
+def _progress_bars_off() -> Iterator[None]:
+    """--quiet: no progress bar from anyone, Brain-Score's (activations, cross-validation, ...) included.
+
+    Every tqdm bar is created disabled while the command runs (tqdm reads TQDM_DISABLE only when it
+    is first imported, which happened before the arguments were parsed); the environment variable is
+    also set for processes started meanwhile. Both are undone afterwards.
+    """
+    import tqdm.std
+    saved_init, saved_env = vars(tqdm.std.tqdm)['__init__'], os.environ.get('TQDM_DISABLE')
+    configured_init = tqdm.std.tqdm.__init__
+
+    def disabled_init(self, *args, **kwargs):
+        kwargs['disable'] = True
+        configured_init(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = disabled_init
+    os.environ['TQDM_DISABLE'] = '1'
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = saved_init
+        if saved_env is None:
+            os.environ.pop('TQDM_DISABLE', None)
+        else:
+            os.environ['TQDM_DISABLE'] = saved_env
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -79,6 +210,8 @@ def _load_model(args):
     from .zoo import get_model, model_record
     overrides = {'noise_mode': None} if args.no_noise else {}
     record = model_record(args.model)
+    if getattr(args, 'weights', None):
+        _input_file('--weights', args.weights)
     if getattr(args, 'untrained', False):
         return get_model(args.model, pretrained=False, **overrides), 'none (untrained back-end, seeded)'
     if args.weights:
@@ -95,16 +228,27 @@ def _load_model(args):
 def classify_command(args):
     import torch
     from .preprocessing import imagenet_categories, load_batch
+    from .imagenet import num_outputs
     model, weights = _load_model(args)
+    outputs = num_outputs(model)
+    if args.top is not None and args.top > outputs:
+        raise UsageError(f"--top {args.top} asks for more labels than the model's {outputs} outputs; use --top 1 "
+                         f"to {outputs}")
+    top_k = args.top if args.top is not None else min(5, outputs)
     if args.untrained:
         print('warning: untrained back-end, labels are meaningless', file=sys.stderr)
     images = load_batch(args.images, model.image_size)
     with torch.no_grad():
         probabilities = model(images).softmax(dim=1)
     categories = imagenet_categories()
+    if outputs != len(categories):
+        print(f'note: the model has {outputs} outputs, not the {len(categories)} ImageNet classes; labels are '
+              f'output indices (output i is the i-th class folder, in sorted order, it was trained on)',
+              file=sys.stderr)
+        categories = [f'output {i}' for i in range(outputs)]
     results = []
     for path, p in zip(args.images, probabilities):
-        top = p.topk(args.top)
+        top = p.topk(top_k)
         labels = [{'label': categories[i], 'index': int(i), 'probability': float(v)}
                   for v, i in zip(top.values, top.indices)]
         results.append({'image': str(path), 'top': labels})
@@ -118,7 +262,8 @@ def classify_command(args):
 def _classify_arguments(parser):
     _model_arguments(parser)
     parser.add_argument('images', nargs='+', help='image files')
-    parser.add_argument('--top', type=int, default=5, help='labels to show per image (default 5)')
+    parser.add_argument('--top', type=POSITIVE_INT,
+                        help="labels to show per image, 1 to the model's outputs (default 5, or all if fewer)")
     parser.add_argument('--json', action='store_true', help='also print the results as JSON')
 
 
@@ -128,13 +273,29 @@ classify_command.arguments = _classify_arguments
 # --- score ----------------------------------------------------------------------------------------
 @verb('score', 'score a brain model on the V1 property benchmarks (offline) and write table, JSON, CSV, figures')
 def score_command(args):
-    from pathlib import Path
+    from .commitments_io import UnknownLayerError
+    from .identifiers import spec
     from .v1_properties.figures import plot_property
-    from .v1_properties.score import score_v1_properties
+    from .v1_properties.score import resolve_benchmarks, score_v1_properties
+    output, csv_path, figures = _score_outputs(args)
+    if args.weights:
+        _input_file('--weights', args.weights)
     identifier = _brain_identifier(args.model)
-    results = score_v1_properties(identifier, args.benchmarks, layer=args.layer, weights_path=args.weights,
-                                  pretrained=not args.untrained, noise_seed=args.noise_seed, seed=args.seed,
-                                  batch_size=args.batch_size, progress=not args.quiet)
+    try:
+        resolve_benchmarks(args.benchmarks)
+    except errors.VOneNetError as error:
+        raise UsageError(f'--benchmarks: {error}') from None
+    try:
+        results = score_v1_properties(identifier, args.benchmarks, layer=args.layer, weights_path=args.weights,
+                                      pretrained=not args.untrained, noise_seed=args.noise_seed, seed=args.seed,
+                                      batch_size=args.batch_size, progress=not args.quiet)
+    except UnknownLayerError as error:
+        if not args.layer or args.layer not in error.layers:
+            raise
+        raise UsageError(f"--layer {args.layer!r} is not a layer of {identifier}; valid layers: the candidate "
+                         f"layers {', '.join(error.candidates)}, or any other module name of the network "
+                         f"(`vonenet-brainscore info {spec(identifier).model} --untrained` lists its "
+                         f"stages)") from None
     rows = [(r.benchmark, f'{r.score:.3f}', f'{r.raw:.3f}', f'{r.ceiling:.3f}', len(r.model_values))
             for r in results]
     _print_table(('benchmark', 'score', 'raw', 'ceiling', 'model neurons'), rows)
@@ -144,32 +305,55 @@ def score_command(args):
         print('note: the published weights could not be had, so the back-end is untrained (identifier tagged '
               '_untrained). V1 is the fixed, seeded VOneBlock, so these V1 scores do not depend on it.',
               file=sys.stderr)
-    if args.output:
-        output = Path(args.output)
+    if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(records, indent=2) + '\n')
-        csv_path = Path(args.csv) if args.csv else output.with_suffix('.csv')
+        print(f'wrote {output}')
+    if csv_path is not None:
         _write_csv(csv_path, records)
-        print(f'wrote {output} and {csv_path}')
-    figures = Path(args.figures) if args.figures else (Path(args.output).with_suffix('') if args.output else None)
+        print(f'wrote {csv_path}')
     if figures is not None:
         for result in results:
             plot_property(result, figures / f'{result.benchmark}.png', model_label=result.model.split('@')[0])
         print(f'wrote {len(results)} figures to {figures}/')
 
 
+def _score_outputs(args):
+    """(JSON, CSV, figures folder) of the score verb, each checked before the run; None where not written."""
+    output = _output_file('--output', args.output, '.json') if args.output else None
+    if args.csv:
+        csv_path = _output_file('--csv', args.csv, '.csv')
+    else:
+        csv_path = output.with_suffix('.csv') if output is not None else None
+        if csv_path is not None:
+            _output_file('--output', csv_path, '.csv', about=' (the CSV written beside the JSON)')
+    if args.figures:
+        figures = _output_dir('--figures', args.figures)
+    else:
+        figures = output.with_suffix('') if output is not None else None
+        if figures is not None:
+            _output_dir('--output', figures, about=' (the figures folder written beside the JSON)')
+    if figures is not None and figures.resolve() in {p.resolve() for p in (output, csv_path) if p is not None}:
+        raise UsageError(f"--figures {figures} is the path of another output; give the figures their own folder")
+    if output is not None and csv_path is not None and output.resolve() == csv_path.resolve():
+        raise UsageError(f"--csv {csv_path} is the --output file; give them different names")
+    return output, csv_path, figures
+
+
 def _score_arguments(parser):
     parser.add_argument('model', help='brain model identifier, e.g. vonenet_resnet50 or vonenet_resnet50_nonoise')
     parser.add_argument('--benchmarks', nargs='+', default=['v1-properties'],
                         help="'v1-properties' (the seven offline Marques2020 benchmarks) or benchmark ids")
-    parser.add_argument('--layer', help='score this layer as V1 instead of the committed one')
+    parser.add_argument('--layer', help='score this layer as V1 instead of the committed one (a module name, '
+                                         'e.g. model.layer1.0)')
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--weights', metavar='PATH', help='checkpoint file in the published training format')
     source.add_argument('--untrained', action='store_true', help='untrained back-end on purpose')
-    parser.add_argument('--noise-seed', type=int, default=0, help='seed of the VOneBlock noise draws (default 0)')
-    parser.add_argument('--seed', type=int, default=0, help="seed of Brain-Score's bootstrap (default 0)")
-    parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default 32)')
-    parser.add_argument('--output', metavar='JSON', help='write results as JSON (and CSV beside it, and figures)')
+    parser.add_argument('--noise-seed', type=SEED, default=0, help='seed of the VOneBlock noise draws (default 0)')
+    parser.add_argument('--seed', type=SEED, default=0, help="seed of Brain-Score's bootstrap (default 0)")
+    parser.add_argument('--batch-size', type=POSITIVE_INT, default=32, help='images per forward pass (default 32)')
+    parser.add_argument('--output', metavar='JSON', help='write results to this .json file (and a CSV beside it, '
+                                                         'and the figures in a folder of the same name)')
     parser.add_argument('--csv', metavar='CSV', help='CSV path (default: the JSON path with .csv)')
     parser.add_argument('--figures', metavar='DIR', help='folder for the figures (default: beside the JSON)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -205,18 +389,49 @@ def _write_csv(path, records):
 # --- map-layers -----------------------------------------------------------------------------------
 @verb('map-layers', 'score every candidate layer on every region (your recordings, Brain-Score ids, V1 properties)')
 def map_layers_command(args):
-    from .mapping import map_layers
+    import warnings
+    output = _output_dir('--output', args.output, files=('layer_mapping.csv', 'layer_mapping.json',
+                                                         'layer_mapping.png'))
     identifier = _brain_identifier(args.model)
     if args.data and not args.stimuli:
-        raise errors.DataError('--data needs --stimuli (a CSV with stimulus_id and image paths, or an image folder)')
-    mapping = map_layers(identifier, recordings=args.data, stimuli=args.stimuli, benchmarks=args.benchmarks,
-                         layers=args.layers, include_v1_properties=args.v1_properties, metric=args.metric,
-                         pretrained=not args.untrained, weights_path=args.weights, batch_size=args.batch_size,
-                         progress=not args.quiet)
-    print(mapping.scores.round(3).to_string())
+        raise UsageError('--data needs --stimuli (a CSV with stimulus_id and image paths, or an image folder)')
+    if args.stimuli and not args.data:
+        raise UsageError('--stimuli needs --data (the recordings of the responses to them, a NetCDF file)')
+    if not (args.data or args.benchmarks or args.v1_properties):
+        raise UsageError('nothing to map against: give --data with --stimuli (your recordings), --benchmarks IDS '
+                         '(Brain-Score benchmark ids), or --v1-properties')
+    if args.data:
+        _input_file('--data', args.data)
+        _input_file('--stimuli', args.stimuli, folder_ok=True)
+    if args.weights:
+        _input_file('--weights', args.weights)
+    from .commitments_io import UnknownLayerError
+    from .mapping import DEGENERATE_MARK, DegenerateScoreWarning, map_layers  # imports Brain-Score: seconds
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', DegenerateScoreWarning)
+            mapping = map_layers(identifier, recordings=args.data, stimuli=args.stimuli, benchmarks=args.benchmarks,
+                                 layers=args.layers, include_v1_properties=args.v1_properties, metric=args.metric,
+                                 pretrained=not args.untrained, weights_path=args.weights,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+    except UnknownLayerError as error:
+        if not args.layers:
+            raise
+        raise UsageError(f"--layers: {error}") from None
+    for warning in caught:  # the others go out as they would have
+        if issubclass(warning.category, DegenerateScoreWarning):
+            print(f'warning: {warning.message}', file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    print(mapping.formatted_scores().to_string())
+    degenerate = mapping.degenerate()
+    if degenerate:
+        print(f'{DEGENERATE_MARK}: degenerate, left out of the best-layer choice:')
+        for (layer, benchmark), reason in degenerate.items():
+            print(f'  {layer} / {benchmark}: {reason}')
     print()
     print(mapping.best_layers().round(3).to_string())
-    for kind, path in mapping.save(args.output).items():
+    for kind, path in mapping.save(output).items():
         print(f'wrote {kind}: {path}')
 
 
@@ -232,7 +447,7 @@ def _map_layers_arguments(parser):
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--weights', metavar='PATH', help='checkpoint file in the published training format')
     source.add_argument('--untrained', action='store_true', help='untrained back-end on purpose')
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--batch-size', type=POSITIVE_INT, default=16, help='images per forward pass (default 16)')
     parser.add_argument('--output', metavar='DIR', default='layer_mapping', help='folder for CSV, JSON and heatmap')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
@@ -244,6 +459,8 @@ map_layers_command.arguments = _map_layers_arguments
 @verb('validate', 'ImageNet-style validation: top-1, top-5 and loss on <in-path>/val (an ImageFolder)')
 def validate_command(args):
     from .imagenet import validate
+    if args.output:
+        _output_file('--output', args.output, '.json')
     model, weights = _load_model(args)
     result = validate(model, args.in_path, split=args.split, batch_size=args.batch_size, workers=args.workers,
                       ngpus=args.ngpus, noise_seed=args.noise_seed, max_images=args.max_images,
@@ -262,19 +479,21 @@ def _validate_arguments(parser):
     parser.add_argument('--in-path', required=True, metavar='DIR', help='folder holding val/<class>/<image>')
     parser.add_argument('--split', default='val', help='sub-folder to evaluate (default val)')
     _loader_arguments(parser, batch_size=128)
-    parser.add_argument('--noise-seed', type=int, default=0,
+    parser.add_argument('--noise-seed', type=SEED, default=0,
                         help='seed of the VOneBlock noise, for reproducible numbers (default 0)')
-    parser.add_argument('--max-images', type=int, help='evaluate an evenly spaced subset of this many images')
+    parser.add_argument('--max-images', type=POSITIVE_INT, help='evaluate an evenly spaced subset of this many images')
     parser.add_argument('--output', metavar='JSON', help='write the result as JSON')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
 def _loader_arguments(parser, batch_size):
     from .imagenet import DEFAULT_WORKERS
-    parser.add_argument('--batch-size', type=int, default=batch_size, help=f'images per batch (default {batch_size})')
-    parser.add_argument('--workers', type=int, default=DEFAULT_WORKERS,
-                        help=f'data-loading processes (default {DEFAULT_WORKERS})')
-    parser.add_argument('--ngpus', type=int, default=0, help='GPUs to use (default 0: the CPU)')
+    shown = batch_size if batch_size is not None else 256
+    parser.add_argument('--batch-size', type=POSITIVE_INT, default=batch_size,
+                        help=f'images per batch (default {shown})')
+    parser.add_argument('--workers', type=COUNT, default=DEFAULT_WORKERS,
+                        help=f'data-loading processes (default {DEFAULT_WORKERS}; 0: load in the main process)')
+    parser.add_argument('--ngpus', type=COUNT, default=0, help='GPUs to use (default 0: the CPU)')
 
 
 validate_command.arguments = _validate_arguments
@@ -284,14 +503,22 @@ validate_command.arguments = _validate_arguments
 @verb('train', "train or fine-tune a VOneNet on an ImageFolder with the original recipe (torchrun for several GPUs)")
 def train_command(args):
     from .imagenet import train
+    _output_dir('--output-path', args.output_path)
+    if args.resume:
+        _input_file('--resume', args.resume, folder_ok=True)
+    if args.weights:
+        _input_file('--weights', args.weights)
+    if args.change_recipe and not args.resume:
+        raise UsageError('--change-recipe changes the recipe of a resumed run; it needs --resume')
     settings = {'noise_mode': None} if args.no_noise else {}
-    if args.image_size:
+    if args.image_size is not None:
         settings['image_size'] = args.image_size
     history = train(args.in_path, args.output_path, args.model, pretrained=args.pretrained,
                     weights_path=args.weights, num_classes=args.num_classes, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                     step_size=args.step_size, step_factor=args.step_factor, seed=args.seed, workers=args.workers,
-                    ngpus=args.ngpus, resume=args.resume, progress=not args.quiet, **settings)
+                    ngpus=args.ngpus, resume=args.resume, change_recipe=args.change_recipe,
+                    progress=not args.quiet, **settings)
     if int(os.environ.get('RANK', 0)) != 0:
         return
     rows = [(r['epoch'], f"{r['lr']:.4g}", f"{r['train_loss']:.4f}", f"{r['train_top1']:.4f}",
@@ -303,21 +530,29 @@ def _train_arguments(parser):
     parser.add_argument('model', help="back-end recipe to train: a published name (resnet50, alexnet, cornets, ...)")
     parser.add_argument('--in-path', required=True, metavar='DIR', help='folder holding train/ (and val/) ImageFolders')
     parser.add_argument('--output-path', required=True, metavar='DIR', help='where checkpoints and history.json go')
-    parser.add_argument('--epochs', type=int, default=70, help='total epochs (default 70)')
-    parser.add_argument('--lr', type=float, default=0.1, help='initial learning rate (default 0.1)')
-    parser.add_argument('--momentum', type=float, default=0.9)
-    parser.add_argument('--weight-decay', type=float, default=1e-4)
-    parser.add_argument('--step-size', type=int, default=20, help='epochs between learning-rate steps (default 20)')
-    parser.add_argument('--step-factor', type=float, default=0.1, help='learning-rate factor per step (default 0.1)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of initialisation, shuffling and noise (default 0)')
-    _loader_arguments(parser, batch_size=256)
-    parser.add_argument('--num-classes', type=int, help='classifier size (default: the number of class folders)')
-    parser.add_argument('--resume', metavar='PATH', help='continue from a checkpoint (or the latest in a folder)')
+    # Recipe defaults are None so that --resume can tell a value given from one left out (then the
+    # checkpoint's value holds); train() applies the recipe's defaults, named in the help.
+    parser.add_argument('--epochs', type=POSITIVE_INT, help='total epochs to reach (default 70; with --resume: the '
+                                                            "checkpoint's; may change freely, it only sets the end)")
+    parser.add_argument('--lr', type=POSITIVE_FLOAT, help='initial learning rate (default 0.1)')
+    parser.add_argument('--momentum', type=NON_NEGATIVE_FLOAT, help='SGD momentum (default 0.9)')
+    parser.add_argument('--weight-decay', type=NON_NEGATIVE_FLOAT, help='weight decay (default 1e-4)')
+    parser.add_argument('--step-size', type=POSITIVE_INT, help='epochs between learning-rate steps (default 20)')
+    parser.add_argument('--step-factor', type=POSITIVE_FLOAT, help='learning-rate factor per step (default 0.1)')
+    parser.add_argument('--seed', type=SEED, help='seed of initialisation, shuffling and noise (default 0)')
+    _loader_arguments(parser, batch_size=None)
+    parser.add_argument('--num-classes', type=POSITIVE_INT,
+                        help='classifier size (default: the number of class folders)')
+    parser.add_argument('--resume', metavar='PATH', help='continue from a checkpoint (or the latest in a folder); '
+                        "recipe values left out come from it, and arguments that contradict it are refused")
+    parser.add_argument('--change-recipe', action='store_true',
+                        help='with --resume: let --lr, --momentum, --weight-decay, --step-size, --step-factor, '
+                             '--batch-size and --seed differ from the checkpoint for the remaining epochs')
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--pretrained', action='store_true', help='fine-tune from the published ImageNet weights')
     source.add_argument('--weights', metavar='PATH', help='fine-tune from this checkpoint (published format)')
     parser.add_argument('--no-noise', action='store_true', help='train without the VOneBlock noise')
-    parser.add_argument('--image-size', type=int, help='input size in pixels (default 224 = 8 degrees)')
+    parser.add_argument('--image-size', type=_image_size_type(), help='input size in pixels (default 224 = 8 degrees)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -331,6 +566,24 @@ def robustness_command(args):
     from torchvision import transforms
     from . import robustness
     from .imagenet import image_folder, num_outputs
+    output = _output_dir('--output', args.output, files=('robustness.csv', 'robustness.json', 'robustness.png'))
+    if args.backend_weights:
+        if args.no_backend:
+            raise UsageError('--backend-weights are the weights of the plain back-end, which --no-backend leaves out; '
+                             'drop one of the two')
+        _input_file('--backend-weights', args.backend_weights)
+    if args.device is not None:
+        try:
+            robustness.resolve_device(args.device)
+        except RuntimeError as error:  # torch's own 'Expected one of cpu, cuda, ...'
+            raise UsageError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N") from error
+        except errors.VOneNetError as error:
+            raise UsageError(f'--device {args.device}: {error}') from None
+    corruptions = _corruption_list(args.corruptions)
+    unknown = [name for name in corruptions if name not in robustness.ALL_CORRUPTIONS]
+    if unknown:
+        raise UsageError(f"--corruptions: unknown {', '.join(map(repr, unknown))}; use common, extra, all, blur, none "
+                         f"or names from {', '.join(robustness.ALL_CORRUPTIONS)}")
     model, weights = _load_model(args)
     models = {f'VOne{model.arch or "Net"}': robustness.pixel_space_model(model)}
     if not args.no_backend:
@@ -347,7 +600,6 @@ def robustness_command(args):
                                  transforms.ToTensor()])  # [0, 1]: attacks and corruptions act on pixels
     data = image_folder(args.in_path, args.split, transform=pixels)
     attacks = [(norm, _eps_grid(args, norm)) for norm in args.attacks]
-    corruptions = _corruption_list(args.corruptions)
     table = robustness.evaluate_robustness(
         models, data, attacks=attacks, corruptions=corruptions, severities=args.severities,
         eot_draws=args.eot_draws, steps=args.steps, step_fraction=args.step_fraction, seed=args.seed,
@@ -355,7 +607,6 @@ def robustness_command(args):
         batch_size=args.batch_size, max_images=args.max_images, progress=not args.quiet)
     summary = table.pivot_table(index=['family', 'strength'], columns='model', values='accuracy', sort=False)
     print(summary.round(3).to_string())
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     for path in (output / 'robustness.csv', output / 'robustness.json'):
         robustness.write_results(table, path)
@@ -385,22 +636,23 @@ def _robustness_arguments(parser):
     parser.add_argument('--attacks', nargs='*', default=['linf', 'l2', 'l1'], choices=['linf', 'l2', 'l1'],
                         help='PGD norms (default all three; none: corruptions only)')
     for norm in ('linf', 'l2', 'l1'):
-        parser.add_argument(f'--eps-{norm}', nargs='+', metavar='EPS',
+        parser.add_argument(f'--eps-{norm}', nargs='+', metavar='EPS', type=NON_NEGATIVE_FLOAT,
                             help=f'{norm} strengths in [0, 1] pixel units (default: 0 and doublings up to '
                                  f'the paper\'s high strength)')
-    parser.add_argument('--steps', type=int, default=64, help='PGD iterations (default 64, as the paper)')
-    parser.add_argument('--step-fraction', type=float, default=0.25,
+    parser.add_argument('--steps', type=COUNT, default=64, help='PGD iterations (default 64, as the paper)')
+    parser.add_argument('--step-fraction', type=POSITIVE_FLOAT, default=0.25,
                         help='PGD step size as a fraction of eps (default 0.25, as the paper)')
-    parser.add_argument('--eot-draws', type=int, default=8,
+    parser.add_argument('--eot-draws', type=POSITIVE_INT, default=8,
                         help='noise draws averaged per gradient for stochastic models (default 8, as the paper)')
     parser.add_argument('--corruptions', nargs='*', default=['common'],
                         help="corruption names, or common (the 15 ImageNet-C), extra, all, blur, none")
-    parser.add_argument('--severities', nargs='+', type=int, default=[1, 2, 3, 4, 5])
-    parser.add_argument('--max-images', type=int, default=100, help='images to evaluate (default 100)')
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--severities', nargs='+', type=SEVERITY, default=[1, 2, 3, 4, 5],
+                        help='corruption severities, 1 .. 5 (default all five)')
+    parser.add_argument('--max-images', type=POSITIVE_INT, default=100, help='images to evaluate (default 100)')
+    parser.add_argument('--batch-size', type=POSITIVE_INT, default=16, help='images per batch (default 16)')
     parser.add_argument('--no-backend', action='store_true', help='evaluate the VOneNet alone')
     parser.add_argument('--backend-weights', metavar='PATH', help='weights of the plain torchvision back-end')
-    parser.add_argument('--seed', type=int, default=0, help='seed of attacks, noise draws and corruptions')
+    parser.add_argument('--seed', type=SEED, default=0, help='seed of attacks, noise draws and corruptions')
     parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--output', metavar='DIR', default='robustness', help='folder for CSV, JSON and plot')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -489,11 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse has printed usage and the error (exit 2), or --help (exit 0)
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 2)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     try:
-        args.run(args)
+        with _progress_bars_off() if getattr(args, 'quiet', False) else contextlib.nullcontext():
+            args.run(args)
     except errors.VOneNetError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Dict, List, Optional, Tuple
@@ -13,6 +14,32 @@ from .errors import CommitmentError
 REGIONS = ('V1', 'V2', 'V4', 'IT')
 COMMITMENTS_PACKAGE = f'{__package__}.commitments'  # relative: the package also travels inside a Brain-Score plugin
 TimeBin = Tuple[int, int]
+
+
+class UnknownLayerError(CommitmentError):
+    """A layer asked for by name (an override, a layer to map) that the model does not have.
+
+    ``layers`` are the names asked for that are missing; ``candidates`` the model's candidate layers.
+    Callers that took the names from a command-line flag re-raise it naming the flag.
+    """
+
+    def __init__(self, message: str, layers: List[str], candidates: List[str]):
+        super().__init__(message)
+        self.layers, self.candidates = list(layers), list(candidates)
+
+
+def unknown_layers(model: nn.Module, layers) -> List[str]:
+    """The names in ``layers`` that are no module of ``model`` (a ``-tN`` time-step suffix is allowed)."""
+    names = {name for name, _ in model.named_modules()}
+    return [layer for layer in layers if layer not in names and re.sub(r'-t\d+$', '', layer) not in names]
+
+
+def layer_hint(model: nn.Module, candidates) -> str:
+    """What a valid layer name looks like, for error messages."""
+    candidates = list(candidates)
+    examples = [name for name, _ in model.named_modules() if name.count('.') >= 2 and name not in candidates][:2]
+    return (f"candidate layers: {', '.join(candidates)}; any other module of the network works too"
+            + (f" (e.g. {', '.join(examples)})" if examples else ''))
 
 
 @dataclass(frozen=True)

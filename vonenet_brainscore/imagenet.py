@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -32,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError
+from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError, VOneNetError
 from .files import write_atomically
 from .model import VOneNet, build_vonenet
 from .preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
@@ -111,6 +112,8 @@ def _find_classes(root: Path, split: str) -> List[str]:
         entries = sorted(entries, key=lambda entry: entry.name)
     classes = [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith('.')]
     skipped = [entry.name for entry in entries if entry.name not in classes]
+    shown = [f'{name} -> {os.readlink(directory / name)} (missing)'
+             if os.path.islink(directory / name) and not os.path.exists(directory / name) else name for name in skipped]
     if not classes:
         loose_images = [name for name in skipped if _is_image_name(name)]
         if loose_images:
@@ -120,28 +123,85 @@ def _find_classes(root: Path, split: str) -> List[str]:
         raise DataError(f"{directory} holds no class folders; expected the layout {_layout(root, split)}")
     if skipped:
         warnings.warn(f"skipping {len(skipped)} entries of {directory} that are not class folders: "
-                      f"{_name_some(skipped)}; move them out of the folder to silence this warning",
+                      f"{_name_some(shown)}; move them out of the folder to silence this warning",
                       DataWarning, stacklevel=4)
     return classes
 
 
 def _find_samples(directory: Path, classes: Sequence[str]) -> List[Tuple[str, int]]:
-    """(path, class index) for every image, class by class and sorted by file name within a class."""
-    samples, not_images = [], []
+    """(path, class index) for every image, in torchvision ImageFolder's order and with its count.
+
+    As torchvision does, each class folder is walked recursively, following symbolic links, and its
+    images are taken folder by folder (folders in sorted path order, files sorted by name). What
+    torchvision would take but cannot be an image of the class is skipped and named in one warning:
+    files that are not images, hidden files and folders (e.g. macOS ``._*`` files,
+    ``.ipynb_checkpoints``), symbolic links whose target is missing, and links back to a folder
+    above them (which would make the walk endless).
+    """
+    samples: List[Tuple[str, int]] = []
+    skipped: dict = {}
+    nested = 0
     for index, name in enumerate(classes):
-        with os.scandir(directory / name) as entries:
-            names = sorted(entry.name for entry in entries if entry.is_file())
-        images = [file for file in names if _is_image_name(file)]
-        not_images.extend(f'{name}/{file}' for file in names if not _is_image_name(file))
+        images = _class_images(directory / name, name, skipped)
         if not images:
             raise DataError(f"class folder {name!r} ({directory / name}) holds no image files "
                             f"({', '.join(IMAGE_EXTENSIONS)}); remove it if it is not a class (e.g. a leftover "
                             f"from unpacking the archive) or put its images in it")
-        samples.extend((os.path.join(directory, name, file), index) for file in images)
-    if not_images:
-        warnings.warn(f"skipping {len(not_images)} files in the class folders of {directory} that are not "
-                      f"images: {_name_some(not_images)}", DataWarning, stacklevel=4)
+        nested += sum(os.path.dirname(path) != os.path.join(directory, name) for path in images)
+        samples.extend((path, index) for path in images)
+    if nested:
+        logger.info('%s: %d images in sub-folders of class folders are counted with their class, as '
+                    "torchvision's ImageFolder counts them", directory, nested)
+    if skipped:
+        total = sum(len(names) for names in skipped.values())
+        kinds = '; '.join(f'{len(names)} {kind}: {_name_some(names)}' for kind, names in skipped.items())
+        warnings.warn(f"skipping {total} entries in the class folders of {directory}: {kinds}; remove or fix them "
+                      f"to silence this warning", DataWarning, stacklevel=4)
     return samples
+
+
+def _unreadable_folder(error: OSError) -> None:
+    """os.walk's error handler: torchvision skips a folder it cannot list without a word; we stop."""
+    raise DataError(f"cannot list the folder {error.filename} ({error.strerror}); its images would be left out. "
+                    f"Make it readable (chmod a+rx) or move it out of the dataset") from error
+
+
+def _class_images(folder: Path, name: str, skipped: dict) -> List[str]:
+    """The image paths of one class folder, walked as torchvision's ``make_dataset`` walks it."""
+    found, ancestors = [], {str(folder): {os.path.realpath(folder)}}
+    for root, folders, files in os.walk(folder, onerror=_unreadable_folder, followlinks=True):
+        above = ancestors.pop(root, set())
+        relative = os.path.relpath(root, folder)
+        shown = (lambda entry: f'{name}/{entry}') if relative == '.' else \
+            (lambda entry: f'{name}/{relative}/{entry}')
+        keep = []
+        for sub in sorted(folders):
+            path = os.path.join(root, sub)
+            real = os.path.realpath(path)
+            if sub.startswith('.'):
+                skipped.setdefault('hidden folders', []).append(shown(sub) + '/')
+            elif real in above:
+                skipped.setdefault('links to a folder above them', []).append(f'{shown(sub)} -> {real}')
+            else:
+                keep.append(sub)
+                ancestors[path] = above | {real}
+        folders[:] = keep  # os.walk descends into these only
+        images = []
+        for file in sorted(files):
+            path = os.path.join(root, file)
+            if file.startswith('.'):
+                skipped.setdefault('hidden files', []).append(shown(file))
+            elif not file.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.setdefault('not images', []).append(shown(file))
+            elif not os.path.exists(path):
+                skipped.setdefault('links to missing files', []).append(f'{shown(file)} -> {os.readlink(path)}'
+                                                                      if os.path.islink(path) else shown(file))
+            elif not os.path.isfile(path):
+                skipped.setdefault('not regular files', []).append(shown(file))
+            else:
+                images.append(path)
+        found.append((root, images))
+    return [path for _, images in sorted(found) for path in images]
 
 
 def read_image(path) -> Image.Image:
@@ -254,6 +314,8 @@ def validate(model: nn.Module, root, *, split: str = 'val', batch_size: int = 12
     evaluates an evenly spaced subset, for a quick check. Top-5 becomes top-k with k = the number
     of outputs when there are fewer than 5 (reported as ``topk``).
     """
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be a positive integer or None (all images), got {max_images!r}")
     device = resolve_device(ngpus, device)
     network = _unwrap(model)
     dataset = image_folder(root, split, image_size=getattr(network, 'image_size', IMAGE_SIZE), augment=False)
@@ -417,7 +479,8 @@ class TrainingSettings:
         for name in ('epochs', 'batch_size', 'step_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.step_factor <= 0 or self.workers < 0:
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.step_factor <= 0 or self.workers < 0 \
+                or self.seed < 0:
             raise ValueError(f"invalid training settings {self}")
 
     def as_flags(self) -> dict:
@@ -612,35 +675,223 @@ def _resolve_batch_size(batch_size: int, processes: _Processes) -> int:
     return per_process
 
 
+# The recipe's hyper-parameters, as ``train`` takes them; each is written into the checkpoint's flags
+# (under the name in _FLAG_NAMES where the original script named it otherwise).
+RECIPE_ARGUMENTS = ('epochs', 'batch_size', 'lr', 'momentum', 'weight_decay', 'step_size', 'step_factor', 'seed')
+_FLAG_NAMES = {'seed': 'torch_seed'}
+# How the command line spells the arguments a resume can contradict (named in the error next to them).
+CLI_FLAGS = {'epochs': '--epochs', 'batch_size': '--batch-size', 'lr': '--lr', 'momentum': '--momentum',
+             'weight_decay': '--weight-decay', 'step_size': '--step-size', 'step_factor': '--step-factor',
+             'seed': '--seed', 'noise_mode': '--no-noise', 'image_size': '--image-size',
+             'num_classes': '--num-classes', 'model': 'MODEL', 'pretrained': '--pretrained', 'weights_path': '--weights'}
+
+
+class OutputPathError(VOneNetError):
+    """An output location that cannot be written (a file where a folder is needed, read-only, ...)."""
+
+
+def check_output_dir(path, what: str = 'output_dir') -> Path:
+    """Fail now, not after an epoch, if ``path`` cannot become a folder to write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path} is an existing file, not a folder; give a folder for the checkpoints "
+                              f"(it is created if missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{what} {path} cannot be created: {existing} is a file, not a folder")
+    problem = writable_problem(existing)
+    if problem:
+        raise OutputPathError(f"{what} {path} cannot be written: {problem} in {existing}; choose a writable "
+                              f"location")
+    return path
+
+
+def writable_problem(directory: Path) -> Optional[str]:
+    """Why no file can be created in the existing folder ``directory`` (tried for real), or None."""
+    probe = Path(directory) / f'.vonenet-brainscore-write-test-{os.getpid()}'
+    try:
+        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    os.close(descriptor)
+    os.unlink(probe)
+    return None
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def _recipe_flag(flags: dict, name: str, source: Path):
+    """A recipe value from a checkpoint's flags (None when absent), checked as TrainingSettings checks it."""
+    flag = _FLAG_NAMES.get(name, name)
+    if flag not in flags or flags[flag] is None:
+        return None
+    value, default = flags[flag], getattr(TrainingSettings, name)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int) and number and float(value).is_integer():
+        value = int(value)
+    try:
+        dataclasses.replace(TrainingSettings(), **{name: value})
+        valid = number and isinstance(value, type(default)) or (isinstance(default, float) and number)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise CheckpointError(f"{source}: flag {flag}={flags[flag]!r} is not a valid {name}; pass {name} "
+                              f"({CLI_FLAGS[name]}) to set it for the resumed run")
+    return float(value) if isinstance(default, float) else value
+
+
+def _resolve_recipe(given: dict, checkpoint: Optional[dict], source: Optional[Path], change_recipe: bool,
+                    contradictions: List[Tuple[str, object, object]]) -> Tuple[dict, List[str]]:
+    """The recipe of this run: given values, else (on resume) the checkpoint's, else the defaults.
+
+    On resume a given value that differs from the checkpoint's is a contradiction unless
+    ``change_recipe``; ``epochs`` is always free: it is the total to reach, so it only sets where the
+    run stops. Returns the recipe and the changes made on purpose.
+    """
+    recipe, changes = {}, []
+    flags = dict(checkpoint.get('flags') or {}) if checkpoint is not None else {}
+    for name in RECIPE_ARGUMENTS:
+        value = given[name]
+        try:
+            saved = _recipe_flag(flags, name, source) if checkpoint is not None else None
+        except CheckpointError:
+            if value is None:
+                raise
+            saved = None  # a broken flag is replaced by the value given, without a contradiction
+        if value is None:
+            recipe[name] = saved if saved is not None else getattr(TrainingSettings, name)
+            continue
+        recipe[name] = value
+        if saved is None or name == 'epochs' or _same(saved, value):
+            continue
+        if change_recipe:
+            changes.append(f'{name} {saved!r} -> {value!r}')
+        else:
+            contradictions.append((name, saved, value))
+    return recipe, changes
+
+
+def _structural_contradictions(network: VOneNet, flags: dict, model, pretrained: bool, weights_path,
+                               num_classes: Optional[int], vone_settings: dict) -> List[Tuple[str, object, object]]:
+    """What the arguments ask for that the resume checkpoint's weights fix otherwise."""
+    found = []
+    if pretrained:
+        found.append(('pretrained', 'the weights of this checkpoint', 'the published weights'))
+    if weights_path is not None:
+        found.append(('weights_path', 'the weights of this checkpoint', str(weights_path)))
+    expected = dict(vone_settings)
+    if isinstance(model, VOneNet):
+        if model.arch != network.arch:
+            found.append(('model', f'a VOne{network.arch}', f'a VOne{model.arch} instance'))
+        expected = {**model.config.as_dict(), **expected}
+        if num_classes is None:
+            num_classes = num_outputs(model)
+    else:
+        record = model_record(model)
+        saved_name = flags.get('model_name')
+        if record.arch != network.arch:
+            found.append(('model', f'{saved_name or network.arch} ({network.arch} back-end)',
+                          f'{model} ({record.arch} back-end)'))
+        elif isinstance(saved_name, str) and saved_name in set(_catalogue_names()) and saved_name != model:
+            found.append(('model', saved_name, model))
+        expected = {**record.vone_settings, **expected}
+    config = network.config.as_dict()
+    for name, value in expected.items():
+        if name in config and not _same(config[name], value):
+            found.append((name, config[name], value))
+    if num_classes is not None and num_classes != num_outputs(network):
+        found.append(('num_classes', num_outputs(network), num_classes))
+    return found
+
+
+def _catalogue_names() -> List[str]:
+    from .zoo import CATALOGUE
+    return list(CATALOGUE)
+
+
+def _refuse_contradictions(source: Path, structural: list, recipe: list) -> None:
+    if not structural and not recipe:
+        return
+    lines = [f"  - {name} ({CLI_FLAGS.get(name, name)}): the checkpoint has {saved!r}, the arguments give {given!r}"
+             for name, saved, given in structural + recipe]
+    advice = []
+    if structural:
+        names = ', '.join(name for name, _, _ in structural)
+        advice.append(f"{names} cannot change in a resumed run (the checkpoint's weights and optimizer state fix "
+                      f"them): give the checkpoint's value or leave the argument out to continue the run, or start "
+                      f"a new run that fine-tunes from the checkpoint (weights_path={str(source)!r}, --weights on "
+                      f"the command line) in another output folder")
+    if recipe:
+        names = ', '.join(name for name, _, _ in recipe)
+        advice.append(f"{names} can change on purpose (the model and optimizer state still fit; the remaining "
+                      f"epochs then follow the new recipe, so the run no longer equals an uninterrupted one): "
+                      f"pass change_recipe=True (--change-recipe), or leave {'it' if len(recipe) == 1 else 'them'} "
+                      f"out to keep the checkpoint's value")
+    raise CheckpointError(f"cannot resume from {source}: the arguments contradict the checkpoint\n" + '\n'.join(lines)
+                          + '\n' + ''.join(f'{line}.\n' for line in advice).rstrip('\n'))
+
+
 def train(root, output_dir, model: Union[str, VOneNet] = 'resnet50', *, pretrained: bool = False, weights_path=None,
-          num_classes: Optional[int] = None, epochs: int = 70, batch_size: int = 256, lr: float = 0.1,
-          momentum: float = 0.9, weight_decay: float = 1e-4, step_size: int = 20, step_factor: float = 0.1,
-          seed: int = 0, workers: int = DEFAULT_WORKERS, ngpus: int = 0, resume=None, validate_each_epoch: bool = True,
-          progress: bool = True, **vone_settings) -> List[dict]:
+          num_classes: Optional[int] = None, epochs: Optional[int] = None, batch_size: Optional[int] = None,
+          lr: Optional[float] = None, momentum: Optional[float] = None, weight_decay: Optional[float] = None,
+          step_size: Optional[int] = None, step_factor: Optional[float] = None, seed: Optional[int] = None,
+          workers: int = DEFAULT_WORKERS, ngpus: int = 0, resume=None, change_recipe: bool = False,
+          validate_each_epoch: bool = True, progress: bool = True, **vone_settings) -> List[dict]:
     """Train (or fine-tune) a VOneNet on ``<root>/train`` with the original recipe; returns per-epoch records.
 
     ``model``: a published name (``'resnet50'``, ``'alexnet'``, ``'cornets'``, ...) built untrained
     from ``seed``, or fine-tuned with ``pretrained=True`` / ``weights_path``; or a VOneNet instance.
     ``num_classes`` defaults to the number of class folders; a different classifier is replaced.
-    VOneBlock settings (``noise_mode=None``, ``image_size=...``) are keyword arguments.
+    VOneBlock settings (``noise_mode=None``, ``image_size=...``) are keyword arguments. The recipe
+    (``epochs`` 70, ``batch_size`` 256, ``lr`` 0.1, ``momentum`` 0.9, ``weight_decay`` 1e-4,
+    ``step_size`` 20, ``step_factor`` 0.1, ``seed`` 0) takes those defaults where left as None.
 
     After every epoch, ``output_dir/epoch_NN.pth.tar`` is written atomically in the published format
     (loadable with ``get_model(name, weights_path=...)``), and ``history.json``. ``resume`` (a
     checkpoint, or a folder: its latest) continues that run: model, optimizer, learning-rate
-    position and epoch come from it, and ``epochs`` is the total to reach. Each epoch is seeded from
-    (seed, epoch), so a resumed run equals an uninterrupted one.
+    position and epoch come from it, recipe values left as None come from its flags, and ``epochs``
+    is the total to reach. Each epoch is seeded from (seed, epoch), so a resumed run equals an
+    uninterrupted one. Arguments that contradict the checkpoint raise ``CheckpointError`` naming
+    each: the back-end, VOneBlock settings, ``num_classes``, ``pretrained`` and ``weights_path``
+    cannot change (the checkpoint's weights fix them); recipe values can with ``change_recipe=True``.
 
     ``ngpus=1`` trains on a GPU; several GPUs (or CPU processes) train with DistributedDataParallel
     when launched with ``torchrun --nproc_per_node=N`` (``batch_size`` is the global batch; only
     rank 0 writes files and shows progress). Records hold epoch, lr, train_loss, train_top1,
     n_train_images, seconds, and val_top1 / val_top5 / val_loss when ``<root>/val`` exists.
     """
-    settings = TrainingSettings(epochs, batch_size, lr, momentum, weight_decay, step_size, step_factor, seed, workers)
-    root, output_dir = Path(root), Path(output_dir)
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                 step_size=step_size, step_factor=step_factor, seed=seed)
+    root, output_dir = Path(root), check_output_dir(output_dir)
+    resumed = None
+    contradictions: List[Tuple[str, object, object]] = []
+    if resume is not None:  # read first: contradictions are cheaper to find than a folder of images is to scan
+        resume_path, checkpoint = _resume_state(resume)
+        network = model_from_checkpoint(checkpoint, source=str(resume_path))
+        structural = _structural_contradictions(network, dict(checkpoint.get('flags') or {}), model, pretrained,
+                                                weights_path, num_classes, vone_settings)
+        recipe, changes = _resolve_recipe(given, checkpoint, resume_path, change_recipe, contradictions)
+        _refuse_contradictions(resume_path, structural, contradictions)
+        if changes:
+            warnings.warn(f"resuming from {resume_path} with a changed recipe ({'; '.join(changes)}): the remaining "
+                          f"epochs follow it, so the run no longer equals an uninterrupted one", stacklevel=2)
+        resumed = (resume_path, checkpoint, network, {change.split(' ')[0] for change in changes})
+    else:
+        recipe, _ = _resolve_recipe(given, None, None, change_recipe, contradictions)
+    settings = TrainingSettings(**recipe, workers=workers)
     processes, device = _start_processes(ngpus)
     try:
         return _train(root, output_dir, model, settings, processes, device, pretrained=pretrained,
-                      weights_path=weights_path, num_classes=num_classes, resume=resume,
+                      weights_path=weights_path, num_classes=num_classes, resumed=resumed,
                       validate_each_epoch=validate_each_epoch, progress=progress and processes.is_main,
                       ngpus=ngpus, vone_settings=vone_settings)
     finally:
@@ -649,7 +900,7 @@ def train(root, output_dir, model: Union[str, VOneNet] = 'resnet50', *, pretrain
 
 
 def _train(root: Path, output_dir: Path, model, settings: TrainingSettings, processes: _Processes,
-           device: torch.device, *, pretrained: bool, weights_path, num_classes: Optional[int], resume,
+           device: torch.device, *, pretrained: bool, weights_path, num_classes: Optional[int], resumed,
            validate_each_epoch: bool, progress: bool, ngpus: int, vone_settings: dict) -> List[dict]:
     """The body of ``train`` once the processes and the device are known."""
     with _warnings_only_on_main(processes):
@@ -660,12 +911,20 @@ def _train(root: Path, output_dir: Path, model, settings: TrainingSettings, proc
             _check_same_classes(train_set.classes, val_set.classes, root)
     n_classes = len(train_set.classes)
 
-    start_epoch, previous_flags, checkpoint = 0, {}, None
-    if resume is not None:
-        resume_path, checkpoint = _resume_state(resume)
-        network = model_from_checkpoint(checkpoint, source=str(resume_path))
+    start_epoch, previous_flags, checkpoint, resume, changed = 0, {}, None, None, set()
+    if resumed is not None:
+        resume, checkpoint, network, changed = resumed
         start_epoch, previous_flags = checkpoint['epoch'], dict(checkpoint.get('flags') or {})
-        logger.info('resuming from %s (epoch %d)', resume_path, start_epoch)
+        saved_classes = previous_flags.get('classes')
+        if isinstance(saved_classes, list) and saved_classes != list(train_set.classes):
+            missing = sorted(set(saved_classes) - set(train_set.classes))
+            extra = sorted(set(train_set.classes) - set(saved_classes))
+            raise DataError(f"{root / 'train'} does not hold the class folders that {resume} was trained on (only "
+                            f"in the checkpoint: {_name_some(missing) or 'none'}; only in the folder: "
+                            f"{_name_some(extra) or 'none'}{'; same names, other order' if not missing and not extra else ''}"
+                            f"): label i would mean another class. Resume on the same dataset, or fine-tune "
+                            f"from the checkpoint as a new run")
+        logger.info('resuming from %s (epoch %d)', resume, start_epoch)
     else:
         network = model_for_training(model, num_classes=num_classes or n_classes, pretrained=pretrained,
                                      weights_path=weights_path, seed=settings.seed, progress=progress,
@@ -691,23 +950,28 @@ def _train(root: Path, output_dir: Path, model, settings: TrainingSettings, proc
         try:
             optimizer.load_state_dict(checkpoint['optimizer'])
         except (ValueError, KeyError) as error:
-            raise CheckpointError(f"the optimizer state in the resume checkpoint does not fit the model: "
+            raise CheckpointError(f"the optimizer state in {resume} does not fit the model: "
                                   f"{error}") from error
+        for name in {'momentum', 'weight_decay'} & changed:  # changed on purpose: the saved state has the old
+            for group in optimizer.param_groups:
+                group[name] = getattr(settings, name)
     scheduler = _step_schedule(optimizer, settings, start_epoch)
 
     flags = {**previous_flags, 'arch': network.arch, **network.config.as_dict(), 'num_classes': num_outputs(network),
-             **settings.as_flags(), 'in_path': str(root), 'ngpus': ngpus, 'world_size': processes.world_size}
+             **settings.as_flags(), 'in_path': str(root), 'ngpus': ngpus, 'world_size': processes.world_size,
+             'classes': list(train_set.classes)}
     flags.setdefault('model_name', model if isinstance(model, str) else network.arch)
     flags.setdefault('weights_path', None if weights_path is None else str(weights_path))
     if processes.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        if resume is None and latest_checkpoint(output_dir) is not None:
+        if resumed is None and latest_checkpoint(output_dir) is not None:
             warnings.warn(f"{output_dir} already holds checkpoints; this run overwrites those of the same "
                           f"epochs (pass resume={str(output_dir)!r} to continue instead)", stacklevel=3)
-    history = _read_history(output_dir, start_epoch) if resume is not None and processes.is_main else []
+    history = _read_history(output_dir, start_epoch) if resumed is not None and processes.is_main else []
     batch_per_process = _resolve_batch_size(settings.batch_size, processes)
-    if start_epoch >= settings.epochs:
-        logger.info('checkpoint is at epoch %d, epochs=%d: nothing to train', start_epoch, settings.epochs)
+    if start_epoch >= settings.epochs and processes.is_main:
+        warnings.warn(f"{resume} is at epoch {start_epoch} and epochs={settings.epochs} is the total to reach: "
+                      f"nothing to train; pass a larger epochs (--epochs) to continue", stacklevel=3)
 
     with _cudnn_benchmark(device):
         for epoch in tqdm(range(start_epoch, settings.epochs), desc='epochs', unit='epoch', disable=not progress):

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .commitments_io import UnknownLayerError, layer_hint
 from .errors import CommitmentError, DataError, VOneNetError
 from .extraction import split_time_step
 from .predictivity import (PrecomputedModel, benchmark_region, load_brainscore_benchmark, neural_benchmark)
@@ -42,6 +44,9 @@ from .predictivity import (PrecomputedModel, benchmark_region, load_brainscore_b
 logger = logging.getLogger(__name__)
 
 V1_PROPERTIES = 'V1-properties'
+# A ceiled score is a fraction of the ceiling; beyond this rounding margin outside [0, 1] it is not one.
+SCORE_TOLERANCE = 5e-4
+DEGENERATE_MARK = '!'
 V1_ALIASES = ('v1-properties', 'v1_properties', 'marques2020', V1_PROPERTIES)
 MIN_FEATURES = 25  # Brain-Score's PLS fits 25 components; fewer features (few stimuli) are zero-padded
 
@@ -232,6 +237,31 @@ class LayerFeatureCache:
 
 
 # --- the mapping --------------------------------------------------------------------------------
+class DegenerateScoreWarning(UserWarning):
+    """A layer's score on a region cannot be read as a fraction of the ceiling, so it is no candidate
+    for the best layer: a negative correlation (r^2 / ceiling turns it positive), a ceiling <= 0 or
+    NaN, or a score outside [0, 1]."""
+
+
+def degenerate_reason(score: float, raw: float, ceiling: float, ceiled: bool = True) -> Optional[str]:
+    """Why a (ceiled score, raw score, ceiling) triple is degenerate, or None when it reads normally.
+
+    ``ceiled``: the column divides by a ceiling (False for the V1 property mean, ceiled per benchmark).
+    A score that was not computed (NaN with no ceiling problem) is missing, not degenerate.
+    """
+    reasons = []
+    if ceiled and ceiling is not None and not pd.isna(ceiling) and ceiling <= 0:
+        reasons.append(f'ceiling {ceiling:.3g} <= 0')
+    elif ceiled and (ceiling is None or pd.isna(ceiling)) and not (pd.isna(score) and pd.isna(raw)):
+        reasons.append('ceiling is NaN')
+    if raw is not None and not pd.isna(raw) and raw < 0:
+        reasons.append(f'negative correlation (raw {raw:.3f}; r^2 / ceiling would count it as positive)')
+    if score is not None and not pd.isna(score) and (not np.isfinite(score) or score < -SCORE_TOLERANCE
+                                                      or score > 1 + SCORE_TOLERANCE):
+        reasons.append(f'score {score:.3g} outside [0, 1]')
+    return '; '.join(reasons) or None
+
+
 @dataclass
 class LayerMapping:
     """Scores of every layer (rows) on every benchmark (columns), with what is needed to read them."""
@@ -257,20 +287,65 @@ class LayerMapping:
             columns.setdefault(region or benchmark, []).append(benchmark)
         return pd.DataFrame({region: self.scores[names].mean(axis=1) for region, names in columns.items()})
 
+    def degenerate(self) -> Dict[Tuple[str, str], str]:
+        """``{(layer, benchmark): reason}`` for every score that cannot be read as a fraction of the
+        ceiling (see ``degenerate_reason``); these are left out of the best-layer choice."""
+        found = {}
+        for benchmark in self.scores.columns:
+            ceiling = self.ceilings.get(benchmark, math.nan)
+            for layer in self.scores.index:
+                reason = degenerate_reason(self.scores.loc[layer, benchmark], self.raw.loc[layer, benchmark]
+                                           if benchmark in self.raw.columns else math.nan, ceiling,
+                                           ceiled=benchmark != V1_PROPERTIES)
+                if reason:
+                    found[layer, benchmark] = reason
+        return found
+
+    def _region_of(self, benchmark: str) -> str:
+        return self.regions.get(benchmark) or benchmark
+
+    def degenerate_messages(self) -> List[str]:
+        """One line per (layer, region) with a degenerate score, naming the benchmark and why."""
+        by_region: Dict[Tuple[str, str], List[str]] = {}
+        for (layer, benchmark), reason in self.degenerate().items():
+            by_region.setdefault((layer, self._region_of(benchmark)), []).append(f'{benchmark}: {reason}')
+        return [f"layer {layer!r} on region {region}: {'; '.join(notes)}; left out of the best-layer choice"
+                for (layer, region), notes in by_region.items()]
+
     def best_layers(self) -> pd.DataFrame:
-        """Per region: the best-scoring layer next to the committed one, with both scores."""
+        """Per region: the best-scoring layer next to the committed one, with both scores.
+
+        A layer with a degenerate score on any of the region's benchmarks (``degenerate``) is no
+        candidate; ``excluded_layers`` names those layers.
+        """
         rows = []
         per_region = self.region_scores()
+        excluded: Dict[str, List[str]] = {}
+        for layer, benchmark in self.degenerate():
+            names = excluded.setdefault(self._region_of(benchmark), [])
+            if layer not in names:
+                names.append(layer)
         for region in per_region.columns:
             column = per_region[region]
             committed = self.committed.get(region)
-            best = column.idxmax() if column.notna().any() else None
+            candidates = column.drop(index=[layer for layer in excluded.get(region, []) if layer in column.index])
+            best = candidates.idxmax() if candidates.notna().any() else None
             rows.append({'region': region, 'best_layer': best,
                          'best_score': float(column[best]) if best is not None else math.nan,
                          'committed_layer': committed,
                          'committed_score': float(column[committed]) if committed in column.index else math.nan,
-                         'benchmarks': ', '.join(b for b, r in self.regions.items() if (r or b) == region)})
+                         'benchmarks': ', '.join(b for b, r in self.regions.items() if (r or b) == region),
+                         'excluded_layers': ', '.join(excluded.get(region, []))})
         return pd.DataFrame(rows).set_index('region')
+
+    def formatted_scores(self, digits: int = 3) -> pd.DataFrame:
+        """The score table as text, degenerate scores marked with a trailing ``!`` (see ``degenerate``)."""
+        degenerate = self.degenerate()
+        return pd.DataFrame(
+            [[('n/a' if pd.isna(value) else f'{value:.{digits}f}')
+              + (f' {DEGENERATE_MARK}' if (layer, benchmark) in degenerate else '')
+              for benchmark, value in row.items()] for layer, row in self.scores.iterrows()],
+            index=self.scores.index, columns=self.scores.columns)
 
     def as_dict(self) -> dict:
         def clean(frame):
@@ -283,7 +358,9 @@ class LayerMapping:
                                for b in self.scores.columns],
                 'scores': clean(self.scores), 'raw': clean(self.raw),
                 'best_layers': json.loads(best.to_json(orient='records')),
-                'committed': self.committed, 'layer_info': self.layer_info, 'v1_properties': self.v1_properties}
+                'committed': self.committed, 'layer_info': self.layer_info, 'v1_properties': self.v1_properties,
+                'degenerate': [{'layer': layer, 'benchmark': benchmark, 'region': self._region_of(benchmark),
+                                'reason': reason} for (layer, benchmark), reason in self.degenerate().items()]}
 
     def to_json(self, path) -> Path:
         path = Path(path)
@@ -305,31 +382,43 @@ class LayerMapping:
         from matplotlib.patches import Rectangle
         values = self.scores.to_numpy(dtype=float)
         layers, benchmarks = list(self.scores.index), list(self.scores.columns)
+        flagged = self.degenerate()
+        degenerate = np.array([[(layer, benchmark) in flagged for benchmark in benchmarks]
+                               for layer in layers], dtype=bool).reshape(values.shape)
+        readable = np.where(degenerate, np.nan, values)  # degenerate cells: grey, hatched, never the best
         figure = Figure(figsize=(max(5., 2.6 + 1.3 * len(benchmarks)), 1.8 + 0.32 * len(layers)))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot(1, 1, 1)
-        finite = values[np.isfinite(values)]
+        finite = readable[np.isfinite(readable)]
         vmax = max(float(finite.max()) if finite.size else 1., 1e-6)
-        image = axes.imshow(np.ma.masked_invalid(values), aspect='auto', cmap='viridis', vmin=0, vmax=vmax)
+        image = axes.imshow(np.ma.masked_invalid(readable), aspect='auto', cmap='viridis', vmin=0, vmax=vmax)
         axes.set_xticks(range(len(benchmarks)))
         axes.set_xticklabels(benchmarks, rotation=30, ha='right', fontsize=8)
         axes.set_yticks(range(len(layers)))
         axes.set_yticklabels(layers, fontsize=8)
         for col, benchmark in enumerate(benchmarks):
             committed = self.committed.get(self.regions.get(benchmark) or '')
-            column = values[:, col]
+            column = readable[:, col]
             for row in range(len(layers)):
-                value = column[row]
-                text = 'n/a' if not np.isfinite(value) else f'{value:.2f}'
+                value = values[row, col]
+                text = 'n/a' if np.isnan(value) else f'{value:.2f}'
+                if degenerate[row, col]:
+                    text += DEGENERATE_MARK
+                    axes.add_patch(Rectangle((col - .5, row - .5), 1, 1, facecolor='0.75', edgecolor='0.45',
+                                             hatch='///', linewidth=0))
                 if layers[row] == committed:
                     text += '*'
                 axes.text(col, row, text, ha='center', va='center', fontsize=7,
-                          color='black' if np.isfinite(value) and value > 0.6 * vmax else 'white')
+                          color='black' if degenerate[row, col] or (np.isfinite(value) and value > 0.6 * vmax)
+                          else 'white')
             if np.isfinite(column).any():
                 best = int(np.nanargmax(column))
                 axes.add_patch(Rectangle((col - .5, best - .5), 1, 1, fill=False, edgecolor='red', linewidth=2))
         figure.colorbar(image, ax=axes, label='score (ceiled)')
-        axes.set_title(title or f'{self.model}\nred box: best layer, *: committed layer', fontsize=9)
+        legend = 'red box: best layer, *: committed layer'
+        if degenerate.any():
+            legend += f'\n{DEGENERATE_MARK} grey: degenerate, never best (r < 0, ceiling <= 0 or NaN, or outside [0, 1])'
+        axes.set_title(title or f'{self.model}\n{legend}', fontsize=8)
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,8 +454,9 @@ def _layers(model, layers: Optional[Sequence[str]]) -> List[str]:
     modules = {name for name, _ in model.network.named_modules()}
     unknown = [layer for layer in layers if split_time_step(layer)[0] not in modules]
     if unknown:
-        raise CommitmentError(f"{model.identifier} has no layer(s) {', '.join(map(repr, unknown))}; candidate "
-                              f"layers: {', '.join(commitment.candidate_layers)}")
+        raise UnknownLayerError(f"{model.identifier} has no layer(s) {', '.join(map(repr, unknown))}; "
+                                f"{layer_hint(model.network, commitment.candidate_layers)}",
+                                unknown, commitment.candidate_layers)
     return network_order(model.network, layers)
 
 
@@ -501,7 +591,10 @@ def map_layers(identifier_or_model, recordings=None, benchmarks: Sequence = (), 
     layer_info = {f'{key[0] or "stimuli"}-{key[1][:8]}': {
         layer: {**info, 'stimuli': len(features.stimulus_ids)} for layer, info in features.info.items()}
         for key, features in cache._cache.items()}
-    return LayerMapping(model=model.identifier, scores=frame(scores), raw=frame(raws), ceilings=ceilings,
-                        regions=regions_of, committed=dict(model.commitment.region_layers),
-                        metric=metric if isinstance(metric, str) else type(metric).__name__,
-                        layer_info=layer_info, v1_properties=v1_results)
+    mapping = LayerMapping(model=model.identifier, scores=frame(scores), raw=frame(raws), ceilings=ceilings,
+                           regions=regions_of, committed=dict(model.commitment.region_layers),
+                           metric=metric if isinstance(metric, str) else type(metric).__name__,
+                           layer_info=layer_info, v1_properties=v1_results)
+    for message in mapping.degenerate_messages():
+        warnings.warn(message, DegenerateScoreWarning, stacklevel=2)
+    return mapping
