@@ -1,31 +1,41 @@
-"""VOneNets (CNNs with a fixed-weight primate V1 front-end) as Brain-Score brain models."""
-from .backends import build_backend, list_backends, register_backend, strip_stem
+"""VOneNets (CNNs with a fixed-weight primate V1 front-end) as Brain-Score brain models.
+
+Everything but the error classes loads on first use (PEP 562), so ``import vonenet_brainscore`` and the
+command line's ``--help`` do not pay for torch and Brain-Score.
+"""
 from .errors import (CheckpointError, CommitmentError, DataError, SettingError, StimulusError, SubmissionError,
                      UnknownModelError, VOneNetError, WeightsUnavailableError)
-from .vone.inputs import InputError, InputTypeError, NonFiniteInputError
-from .model import VOneNet, build_vonenet, vonenet_from_backend
-from .vone import VOneBlock, VOneBlockConfig, sample_gabor_parameters
-from .zoo import CATALOGUE, get_model, list_models, model_record
 
 __version__ = '0.1.0'
 
-# Brain-Score is heavy to import: the brain-model API loads on first use.
-_LAZY = {'brain_model': 'brain', 'list_identifiers': 'brain', 'map_layers': 'mapping',
-         'load_recordings': 'recordings', 'neural_benchmark': 'predictivity',
-         'score_v1_properties': 'v1_properties.score', 'validate': 'imagenet', 'train': 'imagenet',
-         'evaluate_robustness': 'robustness', 'pgd': 'robustness'}
+_LAZY = {
+    'build_backend': 'backends', 'list_backends': 'backends', 'register_backend': 'backends',
+    'strip_stem': 'backends',
+    'VOneNet': 'model', 'build_vonenet': 'model', 'vonenet_from_backend': 'model',
+    'VOneBlock': 'vone', 'VOneBlockConfig': 'vone', 'sample_gabor_parameters': 'vone',
+    'InputError': 'vone.inputs', 'InputTypeError': 'vone.inputs', 'NonFiniteInputError': 'vone.inputs',
+    'CATALOGUE': 'zoo', 'get_model': 'zoo', 'list_models': 'zoo', 'model_record': 'zoo',
+    'brain_model': 'brain', 'list_identifiers': 'identifiers', 'map_layers': 'mapping',
+    'load_recordings': 'recordings', 'neural_benchmark': 'predictivity',
+    'score_v1_properties': 'v1_properties.score', 'validate': 'imagenet', 'train': 'imagenet',
+    'evaluate_robustness': 'robustness', 'pgd': 'robustness',
+    'build_submission': 'submission', 'check_submission': 'submission',
+}
+"""Public name -> the module (relative to this package) that defines it."""
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
-        return getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+        value = getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ['VOneBlock', 'VOneBlockConfig', 'VOneNet', 'build_vonenet', 'vonenet_from_backend',
-           'sample_gabor_parameters', 'get_model', 'list_models', 'model_record', 'CATALOGUE',
-           'build_backend', 'list_backends', 'register_backend', 'strip_stem',
-           'VOneNetError', 'UnknownModelError', 'WeightsUnavailableError', 'CheckpointError',
-           'CommitmentError', 'StimulusError', 'DataError', 'SettingError', 'SubmissionError', 'InputError',
-           'InputTypeError', 'NonFiniteInputError'] + list(_LAZY)
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ['VOneNetError', 'UnknownModelError', 'WeightsUnavailableError', 'CheckpointError', 'CommitmentError',
+           'StimulusError', 'DataError', 'SettingError', 'SubmissionError', '__version__'] + list(_LAZY)

@@ -59,10 +59,7 @@ SEVERITY = _number(int, 1, 5, what='a corruption severity in 1 .. 5')
 
 
 def _image_size_type():
-    try:
-        from .weights import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-    except ImportError:
-        MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
+    from .constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     return _number(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE,
                    what=f'an image size in pixels, {MIN_IMAGE_SIZE} .. {MAX_IMAGE_SIZE}')
 
@@ -70,7 +67,7 @@ def _image_size_type():
 def _writable_location(flag: str, path: Path, folder: Path) -> None:
     """``path`` (given to ``flag``) can be written in or under ``folder``: its nearest existing ancestor
     is a folder in which a file can be made (tried for real: permissions, read-only file systems, root)."""
-    from .imagenet import writable_problem
+    from .files import writable_problem
     existing = folder
     while not existing.exists():
         existing = existing.parent
@@ -161,10 +158,13 @@ def _progress_bars_off() -> Iterator[None]:
 # --- models ---------------------------------------------------------------------------------------
 @verb('models', 'list the published VOneNets and whether their weights are cached')
 def models_command(args):
+    from .identifiers import brain_identifier
     from .zoo import CATALOGUE
-    rows = [(r.name, r.arch, 'cached' if r.cache_path.exists() else 'not cached', r.description)
+    states = {'missing': 'not cached', 'verified': 'cached (verified download)',
+              'unrecorded': 'cached (placed by hand)', 'changed': 'CHANGED since download: will be fetched again'}
+    rows = [(r.name, brain_identifier(r.name), r.arch, states[r.cache_state], r.description)
             for r in CATALOGUE.values()]
-    _print_table(('model', 'back-end', 'weights', 'description'), rows)
+    _print_table(('model', 'brain model', 'back-end', 'weights', 'description'), rows)
 
 
 models_command.arguments = lambda parser: None
@@ -487,7 +487,7 @@ def _validate_arguments(parser):
 
 
 def _loader_arguments(parser, batch_size):
-    from .imagenet import DEFAULT_WORKERS
+    from .constants import DEFAULT_WORKERS
     shown = batch_size if batch_size is not None else 256
     parser.add_argument('--batch-size', type=POSITIVE_INT, default=batch_size,
                         help=f'images per batch (default {shown})')

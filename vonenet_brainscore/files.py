@@ -23,3 +23,16 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], mode: Opti
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def writable_problem(directory: Path) -> Optional[str]:
+    """Why no file can be created in the existing folder ``directory`` (tried for real, so read-only file
+    systems and root's permissions count), or None."""
+    probe = Path(directory) / f'.vonenet-brainscore-write-test-{os.getpid()}'
+    try:
+        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    os.close(descriptor)
+    os.unlink(probe)
+    return None

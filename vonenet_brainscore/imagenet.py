@@ -34,7 +34,8 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError, VOneNetError
-from .files import write_atomically
+from .constants import DEFAULT_WORKERS  # noqa: F401  (re-exported: the CLI and tests read it here too)
+from .files import writable_problem, write_atomically
 from .model import VOneNet, build_vonenet
 from .preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
 from .vone.noise_control import noise_blocks, seeded_noise
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 # What torchvision's ImageFolder accepts as images (compared case-insensitively).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 SPLITS = ('train', 'val')
-DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 CHECKPOINT_PATTERN = re.compile(r'^epoch_(\d+)\.pth\.tar$')
 HISTORY_FILE = 'history.json'
 # The classifier layer of each registered back-end, as a path inside the VOneNet.
@@ -706,18 +706,6 @@ def check_output_dir(path, what: str = 'output_dir') -> Path:
         raise OutputPathError(f"{what} {path} cannot be written: {problem} in {existing}; choose a writable "
                               f"location")
     return path
-
-
-def writable_problem(directory: Path) -> Optional[str]:
-    """Why no file can be created in the existing folder ``directory`` (tried for real), or None."""
-    probe = Path(directory) / f'.vonenet-brainscore-write-test-{os.getpid()}'
-    try:
-        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except OSError as error:
-        return error.strerror or type(error).__name__
-    os.close(descriptor)
-    os.unlink(probe)
-    return None
 
 
 def _same(a, b) -> bool:
