@@ -154,6 +154,23 @@ def test_noise_does_not_depend_on_batch_size(stimuli):
     np.testing.assert_allclose(a.look_at(stimuli).values, b.look_at(stimuli).values, rtol=1e-5, atol=1e-5)
 
 
+def test_noise_does_not_depend_on_image_order(stimuli, tmp_path):
+    """Each image's noise draw depends on its content, not on where it sits in the stimulus set."""
+    reordered = StimulusSet(stimuli.iloc[::-1].reset_index(drop=True))
+    reordered.stimulus_paths = dict(stimuli.stimulus_paths)
+    reordered.identifier = stimuli.identifier + '-reversed'
+    model = brain_model('vonenet_resnet50', pretrained=False, batch_size=2)
+    model.start_recording('V1', [(70, 170)])
+    forward = model.look_at(stimuli)
+    backward = model.look_at(reordered)
+    assert list(backward['stimulus_id'].values) == list(stimuli['stimulus_id'])[::-1]
+    for sid in stimuli['stimulus_id']:
+        a = forward.values[forward['stimulus_id'].values == sid]
+        b = backward.values[backward['stimulus_id'].values == sid]
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(forward.values[0], forward.values[1])
+
+
 def test_cache_identifiers_differ_between_configurations(resnet_noisy, resnet_nonoise, tmp_path):
     keys = {resnet_noisy.activations_model.identifier, resnet_nonoise.activations_model.identifier,
             brain_model('vonenet_resnet50', pretrained=False, noise_seed=1).activations_model.identifier,
