@@ -182,6 +182,21 @@ def test_cache_identifiers_differ_between_configurations(resnet_noisy, resnet_no
     assert 'untrained' in resnet_noisy.identifier
 
 
+def test_every_voneblock_setting_is_part_of_the_cache_key():
+    base = brain_model('vonenet_resnet50', pretrained=False)
+    keys = {base.activations_model.identifier}
+    for change in ({'gabor_seed': 1}, {'colour_seed': 1}, {'noise_scale': 0.5}, {'noise_level': 0.1},
+                   {'noise_mode': 'gaussian'}):
+        model = brain_model('vonenet_resnet50', pretrained=False, vone_settings=change)
+        name, value = next(iter(change.items()))
+        assert getattr(model.network.vone_block.config, name) == value
+        assert f'{name.replace("_mode", "")}={value}' in model.activations_model.settings_description
+        keys.add(model.activations_model.identifier)
+    assert len(keys) == 6
+    with pytest.raises(ValueError, match="noise off"):
+        brain_model('vonenet_resnet50_nonoise', pretrained=False, vone_settings={'noise_mode': 'neuronal'})
+
+
 def test_weights_file_digest_is_part_of_the_cache_key(tmp_path):
     network = brain_model('vonenet_alexnet_nonoise', pretrained=False).network
     paths = []

@@ -41,9 +41,15 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, progress: bool):
+def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, progress: bool,
+                  vone_settings: Optional[dict] = None):
     """The network, and a short description of its weights for the cache identifier."""
-    overrides = {} if model_spec.noise else {'noise_mode': None}
+    overrides = dict(vone_settings or {})
+    if not model_spec.noise:
+        if overrides.get('noise_mode') is not None:
+            raise ValueError(f"{model_spec.identifier} has its VOneBlock noise off; vone_settings cannot switch it "
+                             f"on (use {model_spec.identifier[:-len(NONOISE_SUFFIX)]!r})")
+        overrides['noise_mode'] = None
     if not pretrained:
         return get_model(model_spec.model, pretrained=False, **overrides), 'untrained-init0'
     record = model_record(model_spec.model)
@@ -58,7 +64,7 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
                 batch_size: int = 16, device: Optional[str] = None, region_map: Optional[str] = None,
                 region_layers: Optional[Dict[str, str]] = None, progress: bool = True,
                 v1_window: Optional[Tuple[int, int, int, int]] = None,
-                identify_by_settings: bool = False) -> 'VOneNetBrainModel':
+                identify_by_settings: bool = False, vone_settings: Optional[dict] = None) -> 'VOneNetBrainModel':
     """A Brain-Score BrainModel for ``identifier`` (see ``list_identifiers()``).
 
     ``weights_path``: a local checkpoint in the published format. Without it the published weights are
@@ -70,7 +76,8 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
     ``v1_window`` = (r0, r1, c0, c1) records V1 (the VOneBlock) only at those output units, computing
     only them (see ``VOneBlock.units_within``). ``identify_by_settings`` makes the model's identifier
     the full settings string, for result caches keyed by model identifier (Brain-Score's property
-    benchmarks cache per model identifier).
+    benchmarks cache per model identifier). ``vone_settings`` overrides VOneBlock settings (e.g.
+    ``{'gabor_seed': 1}``); they enter the activations identifier like every other setting.
     """
     model_spec = spec(identifier)
     commitment = load_commitment(model_spec.model)
@@ -78,7 +85,7 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
         commitment = commitment.with_region_map(region_map)
     if region_layers:
         commitment = commitment.with_region_layers(region_layers)
-    network, weights = _load_network(model_spec, weights_path, pretrained, progress)
+    network, weights = _load_network(model_spec, weights_path, pretrained, progress, vone_settings)
     overridden = unknown_layers(network, (region_layers or {}).values())
     if overridden:  # the caller's names, not the commitments file, are at fault
         asked = ', '.join(f'{region} -> {layer!r}' for region, layer in region_layers.items() if layer in overridden)
