@@ -64,6 +64,7 @@ def test_classify_prints_top_labels_and_json(tmp_path, capsys):
         assert f"  {result['top'][0]['probability']:6.3f}  {result['top'][0]['label']}" in out
 
 
+@pytest.mark.slow  # about a minute; .ci/run runs it as its own step
 def test_the_example_dataset_has_its_planted_answer(tmp_path):
     """examples/make_example_dataset.py (reduced) and map-layers through the CLI: V1 read out from
     vone_block and IT from model.avgpool must come back as the best layers."""
