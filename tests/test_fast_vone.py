@@ -1,4 +1,6 @@
 """The fast VOneBlock methods give the dense reference's outputs, for any colour assignment."""
+import os
+
 import pytest
 import torch
 
@@ -85,7 +87,7 @@ def test_compiled_cells_handle_any_input_size_and_padding(size, padding):
     from vonenet_brainscore.vone.compiled import CompiledCells
     block = VOneBlock(noise_mode=None, simple_channels=10, complex_channels=9)
     q0, q1 = block.simple_conv_q0.weight.detach(), block.simple_conv_q1.weight.detach()
-    compiled = CompiledCells(q0, q1, 10, 4, 12, native.kernels(), pairs_per_unit=2, images_per_call=2)
+    compiled = CompiledCells(q0, q1, 10, 4, 12, native.kernels(), images_per_call=2)
     images = torch.rand(3, 3, size, size + 5, generator=torch.Generator().manual_seed(size))
     got = compiled(images, (2.0, 0.5), padding)
     want_q0 = torch.nn.functional.conv2d(images, q0, stride=4, padding=padding)
@@ -271,3 +273,103 @@ def test_channels_last_and_strided_inputs(method):
         assert not layout.is_contiguous()
         fast, _ = _both_paths(block, layout, method)
         _assert_close(fast, dense)
+
+
+# --- the compiled kernels on every instruction set and thread count -----------------------------
+def _build_kernels(tmp_path, flags):
+    """The kernels built with ``flags`` into tmp_path, loaded (not cached); None if the compiler refuses."""
+    import ctypes
+    import subprocess
+    compiler = native.compiler_command()
+    library = tmp_path / f"kernels{abs(hash(tuple(flags)))}.so"
+    result = subprocess.run([*compiler, *flags, '-shared', '-fPIC', str(native.SOURCE), '-o', str(library), '-lm'],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return native.Kernels(ctypes.CDLL(str(library)), library, flags)
+
+
+def _x86():
+    import platform
+    return platform.machine().lower() in ('x86_64', 'amd64', 'i686', 'i386')
+
+
+BUILDS = {
+    'native': ['-O3', '-march=native', '-fopenmp', '-fno-math-errno'],
+    # what an AVX2 machine without AVX-512 builds, also on a CPU that has AVX-512
+    'avx2': ['-O3', '-march=haswell', '-fopenmp', '-fno-math-errno'],
+    'baseline': ['-O3', '-fopenmp', '-fno-math-errno'],  # SSE2 on x86-64, NEON on arm64
+    'no OpenMP, -O2': ['-O2'],
+}
+
+
+@pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
+@pytest.mark.parametrize('build', list(BUILDS))
+def test_every_build_of_the_kernels_is_exact(tmp_path, build):
+    """Each instruction set has its own vector width and register blocking: each must give the
+    original's cells (published size, batches that fill and do not fill a register block)."""
+    from vonenet_brainscore.vone.compiled import CompiledCells
+    if build == 'avx2' and not _x86():
+        pytest.skip('AVX2 is x86')
+    kernels = _build_kernels(tmp_path, BUILDS[build])
+    if kernels is None:
+        pytest.skip(f'the compiler does not build {BUILDS[build]}')
+    if build == 'avx2':
+        import re
+        flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
+        if not re.search(r'\bavx2\b', flags) or not re.search(r'\bfma\b', flags):
+            pytest.skip('this CPU has no AVX2 and FMA to run them')
+        assert kernels.isa == 'avx2+fma' and kernels.lanes == 8
+    assert native._self_check(kernels) is None
+    block = VOneBlock(noise_mode=None).eval()
+    q0, q1 = block.simple_conv_q0.weight.detach(), block.simple_conv_q1.weight.detach()
+    cells = CompiledCells(q0, q1, block.simple_channels, 4, 12, kernels)
+    images = _images(kernels.images_per_block + 1, size=224)
+    with torch.no_grad():
+        block.method = 'dense'
+        want = block.gabors_f(images)
+    for threads in (1, 2):
+        got = cells(images, (block.k_exc, block.k_exc / 2 ** 0.5), threads=threads)
+        _assert_close(got, want)
+
+
+@pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
+def test_compiled_results_do_not_depend_on_the_thread_count():
+    """The thread count follows the machine's load: it must never change a bit of the result."""
+    block = _compiled_block()
+    cells = block._compiled_plan()
+    images = _images(13)
+    gains = (block.k_exc, block.k_exc / 2 ** 0.5)
+    one = cells(images, gains, threads=1)
+    for threads in (2, 3, 8):
+        assert torch.equal(cells(images, gains, threads=threads), one)
+
+
+def test_the_thread_policy_leaves_cpus_that_others_keep_busy(monkeypatch):
+    from vonenet_brainscore.vone import compiled
+    policy = compiled.ThreadPolicy(window_s=0.0)
+    if policy._busy_ticks() is None:
+        assert policy.threads(4) == 4, 'without /proc/stat it uses what torch uses'
+        return
+    policy._cpus = {0, 1, 2, 3}
+    clock = {'wall': 100.0, 'busy': 0, 'mine': 0.0}
+    policy._clock, policy._cpu_clock = (lambda: clock['wall']), (lambda: clock['mine'])
+    monkeypatch.setattr(policy, '_busy_ticks', lambda: clock['busy'])
+    assert policy.threads(4) == 4          # no window yet: torch's count
+    assert policy.threads(1) == 1
+    # one second: this process used 2 CPUs, others 1.5 CPUs of the 4
+    clock['wall'] += 1.0
+    clock['mine'] += 2.0
+    clock['busy'] += int(3.5 * policy._ticks_per_s)
+    assert policy.threads(4) == 2          # 2.5 CPUs free, not quite 3
+    assert policy.threads(1) == 1
+    clock['wall'] += 1.0
+    clock['mine'] += 2.0
+    clock['busy'] += int(2.0 * policy._ticks_per_s)  # the others stopped
+    assert policy.threads(4) == 4
+    assert policy.threads(8) == 4          # never more than the CPUs it may use
+    clock['wall'] += 1.0
+    clock['busy'] += int(4.0 * policy._ticks_per_s)  # others took everything
+    assert policy.threads(4) == 1          # never fewer than one
+    monkeypatch.setattr(policy, '_busy_ticks', lambda: 1 / 0)
+    assert policy.threads(3) == 3          # and it never breaks a forward pass

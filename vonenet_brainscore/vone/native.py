@@ -37,29 +37,42 @@ from .spectral import fold
 
 SOURCE = Path(__file__).with_name('kernels.c')
 DISABLE_ENV = 'VONENET_BRAINSCORE_NO_COMPILE'
-# Tried in order: the fastest build the compiler accepts. Never fast-math (NaN must propagate).
-FLAG_SETS = (['-O3', '-march=native', '-fopenmp'], ['-O3', '-fopenmp'], ['-O3'])
-VECTOR_LENGTH = 16  # VL in kernels.c
+# Tried in order: the fastest build the compiler accepts. Never fast-math (NaN must propagate);
+# -fno-math-errno only lets sqrtf vectorise (no errno for sqrt of a negative: it returns NaN anyway).
+FLAG_SETS = (['-O3', '-march=native', '-fopenmp', '-fno-math-errno'], ['-O3', '-fopenmp', '-fno-math-errno'],
+             ['-O3', '-fno-math-errno'])
+VECTOR_LENGTH = 16  # frequencies per block in planar_blocks' layout
 BUILD_TIMEOUT_S = 300
 
 _c_float_p = ctypes.c_void_p
 
 
 class Kernels:
-    """The compiled functions, with their C signatures declared."""
+    """The compiled functions, with their C signatures declared, and what the build vectorises for:
+    ``lanes`` filters per vector register, ``images_per_block`` images per register block, ``isa``."""
 
     def __init__(self, library: ctypes.CDLL, path: Path, flags: List[str]):
         self.path, self.flags = path, flags
         self.digest: Optional[str] = None  # SHA-256 of the library's bytes, when loaded from a checked file
-        self.contract = library.vone_contract
-        self.contract.argtypes = [_c_float_p] * 3 + [ctypes.c_int] * 5 + [ctypes.c_long, ctypes.c_int]
-        self.contract.restype = None
-        self.cells = library.vone_cells
-        self.cells.argtypes = [_c_float_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float, ctypes.c_int]
-        self.cells.restype = None
-        self.pack_aliases = library.vone_pack_aliases
-        self.pack_aliases.argtypes = [_c_float_p] * 2 + [ctypes.c_int] * 7
-        self.pack_aliases.restype = None
+        i, p, i64 = ctypes.c_int, _c_float_p, ctypes.c_int64
+        self.run = library.vone_run
+        self.run.argtypes = [p] + [i] * 10 + [p, p, i, p, i64, ctypes.c_float, ctypes.c_float, p, i64, i]
+        self.spectra = library.vone_spectra
+        self.spectra.argtypes = [p] + [i] * 8 + [p, p, i64, i]
+        self.cells = library.vone_cells_from_spectra
+        self.cells.argtypes = [p] + [i] * 7 + [p, i, p, i64, ctypes.c_float, ctypes.c_float, p, i64, i]
+        for function in (self.run, self.spectra, self.cells):
+            function.restype = ctypes.c_int
+        self.scratch_floats = library.vone_scratch_floats
+        self.scratch_floats.argtypes = [i] * 5
+        self.scratch_floats.restype = i64
+        for name in ('vone_lanes', 'vone_images_per_block', 'vone_isa'):
+            getattr(library, name).argtypes = []
+        library.vone_lanes.restype = library.vone_images_per_block.restype = i
+        library.vone_isa.restype = ctypes.c_char_p
+        self.lanes = int(library.vone_lanes())
+        self.images_per_block = int(library.vone_images_per_block())
+        self.isa = library.vone_isa().decode('ascii', 'replace')
 
 
 def compiler_command() -> Optional[List[str]]:
@@ -293,47 +306,53 @@ def _build(command: List[str], flags: List[str], target: Path) -> Tuple[Optional
 
 
 def _self_check(kernels: Kernels) -> Optional[str]:
-    """Run the kernels on small random problems and compare with torch's arithmetic."""
+    """Run the kernels on small random problems and compare with torch's arithmetic: the images'
+    aliases against torch's FFT, then the cells against torch's convolutions (Fourier grids with
+    every radix the transforms use, odd and even, units with unused lanes, a partial block of
+    images, one thread and two)."""
+    if kernels.lanes < 1 or kernels.images_per_block < 1:
+        return f'the compiled kernels report {kernels.lanes} lanes and {kernels.images_per_block} images per block'
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, 8, 12, generator=generator)
-    stride = 4
-    folded = fold(torch.fft.fft2(images).view(6, 8, 12), stride).view(2, 3, stride * stride, 6)
-    expected = planar_blocks(folded.transpose(0, 1))
-    packed = torch.full_like(expected, float('nan'))
-    half = torch.fft.rfft2(images)
-    kernels.pack_aliases(half.data_ptr(), packed.data_ptr(), 2, 3, 8, 12, stride, expected.shape[0], 1)
-    if not torch.allclose(packed, expected, rtol=1e-5, atol=1e-5):
-        return 'the compiled alias packing disagrees with torch'
-    images, pairs, aliases, side = 3, 5, 4, 6
-    frequencies = side * side
-    blocks = -(-frequencies // VECTOR_LENGTH)
-    x = torch.randn(images, aliases, frequencies, dtype=torch.complex64, generator=generator)
-    h = torch.randn(pairs, aliases, frequencies, dtype=torch.complex64, generator=generator)
-    y = torch.empty(images, pairs, frequencies, dtype=torch.complex64)
-    x_blocks, h_blocks = planar_blocks(x), planar_blocks(h)
-    kernels.contract(x_blocks.data_ptr(), h_blocks.data_ptr(), y.data_ptr(), images, pairs, aliases, blocks,
-                     frequencies, x_blocks.stride(0), 1)
-    if not torch.allclose(y, torch.einsum('pak,cak->pck', x, h), rtol=1e-5, atol=1e-5):
-        return 'the compiled contraction disagrees with torch'
-    maps = torch.randn(images, pairs, side, side, dtype=torch.complex64, generator=generator)
-    other = torch.randn(images, pairs, side, side, dtype=torch.complex64, generator=generator)
-    channels = torch.arange(2 * pairs, dtype=torch.int64)
-    for second in (None, other):
-        out = torch.full((images, 2 * pairs, side - 1, side - 1), float('nan'))
-        kernels.cells(maps.data_ptr(), None if second is None else second.data_ptr(), out.data_ptr(),
-                      channels.data_ptr(), images, pairs, side, side, side - 1, side - 1, out.stride(0), 2.0, 1)
-        parts = torch.cat([maps.real, maps.imag], 1)[..., :-1, :-1]
-        if second is None:
-            expected = 2 * parts.clamp(min=0)
-        else:
-            expected = 2 * torch.hypot(parts, torch.cat([second.real, second.imag], 1)[..., :-1, :-1])
-        if not torch.allclose(out, expected, rtol=1e-5, atol=1e-6):
+    stride, padding = 4, 3
+    for height, width, n_h, n_w in ((5, 7, 8, 12), (30, 21, 40, 36)):
+        images = torch.randn(2, 3, height, width, generator=generator)
+        m_h, m_w = n_h // stride, n_w // stride
+        hw = m_w // 2 + 1
+        grid = torch.nn.functional.pad(images, (padding, n_w - width - padding, padding, n_h - height - padding))
+        folded = fold(torch.fft.fft2(grid).view(6, n_h, n_w), stride).view(2, 3, stride * stride, m_h, m_w)[..., :hw]
+        expected = torch.view_as_real(folded.permute(1, 0, 4, 3, 2)).contiguous()  # [colour][p][mw][mh][a][re|im]
+        packed = torch.full_like(expected, float('nan'))
+        floats = kernels.scratch_floats(n_h, n_w, stride, 1, 1)
+        scratch = torch.empty(2 * floats)
+        status = kernels.spectra(images.data_ptr(), 2, 3, height, width, padding, n_h, n_w, stride,
+                                 packed.data_ptr(), scratch.data_ptr(), floats, 2)
+        if status != 0 or not torch.allclose(packed, expected, rtol=1e-4, atol=1e-4):
+            return 'the compiled alias packing disagrees with torch'
+    from .compiled import CompiledCells  # here: compiled.py imports this module
+    simple, complex_, size = 5, 2 * kernels.lanes + 1, 5
+    banks = []
+    for _ in range(2):
+        bank = torch.zeros(simple + complex_, 3, size, size)
+        colours = torch.randint(0, 3, (simple + complex_,), generator=generator)
+        bank[torch.arange(simple + complex_), colours] = torch.randn(simple + complex_, size, size, generator=generator)
+        banks.append(bank)
+    cells = CompiledCells(banks[0], banks[1], simple, stride, 2, kernels)
+    for shape, padding, threads in (((21, 37), 2, 1), ((33, 29), 0, 2)):  # Fourier grids 6 x 10 and 9 x 8
+        images = torch.randn(kernels.images_per_block + 2, 3, *shape, generator=generator)
+        q0, q1 = (torch.nn.functional.conv2d(images.double(), bank.double(), stride=stride, padding=padding)
+                  for bank in banks)
+        expected = torch.cat([2.0 * q0[:, :simple].clamp(min=0),
+                              0.5 * torch.sqrt(q0[:, simple:] ** 2 + q1[:, simple:] ** 2)], 1).float()
+        got = cells(images, (2.0, 0.5), padding, threads=threads)
+        if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4,
+                                                             atol=1e-5 * expected.abs().max().item()):
             return 'the compiled cells disagree with torch'
     return None
 
 
 def planar_blocks(z: torch.Tensor) -> torch.Tensor:
-    """(..., A, K) complex -> (blocks, ..., A, 2, VL) float32: the layout ``vone_contract`` reads.
+    """(..., A, K) complex -> (blocks, ..., A, 2, VL) float32: frequencies in blocks of VL (the
+    layout of the earlier frequency-vectorised kernels; kept as a utility).
 
     K is zero-padded to whole blocks of VL frequencies; real and imaginary parts are planar inside
     each block, and the block index leads so one block of every image or filter is contiguous.
