@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Iterable
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
@@ -42,19 +43,68 @@ def load_batch(paths: Iterable, image_size: int = IMAGE_SIZE) -> torch.Tensor:
     return torch.stack(images)
 
 
-def brainscore_preprocessing(image_size: int = IMAGE_SIZE):
+class BrainScorePreprocessing:
     """Brain-Score's loader (whole image resized to size x size) with VOneNet normalisation.
 
-    Brain-Score's own resize and normalisation (``preprocess_images``), fed by ``load_image``: every
-    Pillow mode becomes RGB as Brain-Score's loader means it to (where that loader gives RGB, the
-    pixels are the same), and a file that cannot be read raises StimulusError naming it.
-    """
-    from brainscore_vision.model_helpers.activations.pytorch import preprocess_images
+    Called with image paths, as Brain-Score's extractors call it: Brain-Score's own resize and
+    normalisation (``preprocess_images``), fed by ``load_image``: every Pillow mode becomes RGB as
+    Brain-Score's loader means it to (where that loader gives RGB, the pixels are the same), and a
+    file that cannot be read raises StimulusError naming it.
 
-    def preprocess(paths):
-        return preprocess_images([load_image(path) for path in paths], image_size=image_size,
-                                 normalize_mean=MEAN, normalize_std=STD)
-    return preprocess
+    The same steps are available for images already in memory: ``from_images`` (RGB PIL images),
+    and the two halves of Brain-Score's transform separately, ``resize`` (the PIL resize, 8-bit in
+    and out) and ``pixel_values`` (ToTensor and Normalize, which act on each pixel and channel
+    alone, so they are exactly a 256-entry table per channel).
+    """
+
+    def __init__(self, image_size: int = IMAGE_SIZE, mean=MEAN, std=STD):
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def __repr__(self):
+        return f'BrainScorePreprocessing(image_size={self.image_size}, mean={self.mean}, std={self.std})'
+
+    def __call__(self, paths):
+        return self.from_images([load_image(path) for path in paths])
+
+    def from_images(self, images):
+        """Brain-Score's ``preprocess_images`` on RGB PIL images: (N, 3, size, size) float32."""
+        from brainscore_vision.model_helpers.activations.pytorch import preprocess_images
+        return preprocess_images(list(images), image_size=self.image_size, normalize_mean=self.mean,
+                                 normalize_std=self.std)
+
+    def _split_transform(self):
+        """Brain-Score's transform for these settings, as (its PIL resize, its tensor conversion);
+        None when Brain-Score builds it differently from Compose([Resize, Compose([ToTensor, ...])])."""
+        from brainscore_vision.model_helpers.activations.pytorch import torchvision_preprocess_input
+        composed = torchvision_preprocess_input(self.image_size, normalize_mean=self.mean, normalize_std=self.std)
+        steps = getattr(composed, 'transforms', None)
+        if not steps or len(steps) != 2 or not isinstance(steps[0], transforms.Resize) or \
+                not isinstance(steps[1], transforms.Compose) or \
+                not isinstance(steps[1].transforms[0], transforms.ToTensor):
+            return None
+        return steps[0], steps[1]
+
+    def supports_in_memory(self) -> bool:
+        return self._split_transform() is not None
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """The resize step of ``from_images``, alone (Brain-Score's own Resize object)."""
+        return self._split_transform()[0](image)
+
+    def pixel_values(self) -> np.ndarray:
+        """(3, 256) float32: what ToTensor and Normalize of ``from_images`` make of each 8-bit value
+        in each channel (computed by those very transforms, on an image holding every value)."""
+        gradient = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+        values = self._split_transform()[1](Image.fromarray(gradient, 'RGB'))
+        values = np.asarray(values, dtype=np.float32).reshape(3, 256)
+        return np.ascontiguousarray(values)
+
+
+def brainscore_preprocessing(image_size: int = IMAGE_SIZE) -> BrainScorePreprocessing:
+    """Brain-Score's loader (whole image resized to size x size) with VOneNet normalisation
+    (see :class:`BrainScorePreprocessing`)."""
+    return BrainScorePreprocessing(image_size)
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,15 +9,23 @@ its filter (half-width 12 px = 0.43 deg at 8 deg / 224 px) and the mapping patch
 0.60 + 0.15 deg (plus 0.1 deg for the 448 -> 224 px resampling) can never be selected. Recording
 only the window (12 x 12 positions x 512 channels instead of 56 x 56 x 512) leaves the selected
 units and their responses unchanged and cuts memory 22-fold.
+
+By default the benchmarks run within :func:`fast_scoring`: Brain-Score's benchmark classes and
+analyses as they are, with our stimuli placed on the model's screen and preprocessed in memory by
+Brain-Score's own operations instead of through 9,097 new files (``screen.py``), and the VOneBlock's
+noise trials computed with less work (``VOneNetActivations.fast_scoring``). The activations, the
+selected neurons and the scores are those of ``fast=False``, today's path through files, bit for bit
+(``tests/test_v1_fast_path.py``).
 """
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
+from torch import nn
 
 from ..brainscore_env import offline_defaults
 from ..errors import VOneNetError
@@ -102,13 +110,30 @@ def v1_window_for(model) -> Optional[tuple]:
     return model.network.vone_block.units_within(STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG)
 
 
+@contextmanager
+def fast_scoring(model, progress: bool = True):
+    """Within: the same scores with less work. Our stimulus sets are placed on the model's screen and
+    preprocessed in memory (``screen.in_memory_screen``: Brain-Score's operations, no files), and our
+    activations model computes the same activations with less work (``VOneNetActivations.fast_scoring``).
+    Either part that does not apply to ``model`` (another preprocessing, another activations model)
+    is left out, and that part runs as before."""
+    from .screen import in_memory_screen
+    activations_model = getattr(model, 'activations_model', None)
+    with ExitStack() as stack:
+        stack.enter_context(in_memory_screen(model, progress=progress))
+        if hasattr(activations_model, 'fast_scoring'):
+            stack.enter_context(activations_model.fast_scoring())
+        yield
+
+
 def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), seed: int = 0,
-                      progress: bool = True) -> List[BenchmarkResult]:
-    """Run the V1 property benchmarks on a brain model; returns one result per benchmark."""
-    import brainscore_vision
+                      progress: bool = True, fast: bool = True) -> List[BenchmarkResult]:
+    """Run the V1 property benchmarks on a brain model; returns one result per benchmark.
+
+    ``fast`` (default): within :func:`fast_scoring`, which gives the very same scores (tested
+    against ``fast=False``, which is the pipeline through files as Brain-Score runs it)."""
     identifiers = resolve_benchmarks(benchmarks)
     install_offline_data(progress=progress)
-    results = []
     # Each stimulus set is recorded once per run anyway (the property functions are cached per
     # model identifier), so storing gigabytes of activations would only cost time and disk.
     extractor = getattr(model.activations_model, '_extractor', None)
@@ -116,28 +141,36 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
     if lean:
         store, extractor.store_activations = extractor.store_activations, False
     try:
-        for identifier in identifiers:
-            with offline_defaults():
-                benchmark = brainscore_vision.load_benchmark(identifier)
-            recorder = _RecordingMetric(benchmark._similarity_metric)
-            benchmark._similarity_metric = recorder  # observe only: the metric still computes the score
-            property_name = recorder.metric.property_name
-            logger.info('scoring %s on %s', model.identifier, identifier)
-            with _seeded_numpy(seed):
-                score = benchmark(model)
-            model_property, data_property = recorder.first_call
-            results.append(BenchmarkResult(
-                model=model.identifier,
-                settings=getattr(model.activations_model, 'settings_description', model.identifier),
-                benchmark=identifier, score=float(score.values), raw=float(score.attrs['raw'].values),
-                ceiling=float(score.attrs['ceiling'].values), error=float(score.attrs['raw'].attrs.get('error', np.nan)),
-                property_name=property_name,
-                model_values=np.asarray(model_property.loc[:, property_name].values, dtype=float),
-                primate_values=np.asarray(data_property.loc[:, property_name].values, dtype=float),
-                bins=np.asarray(data_property.attrs[property_name + '_bins'], dtype=float)))
+        with fast_scoring(model, progress=progress) if fast else nullcontext():
+            results = _score_each(model, identifiers, seed)
     finally:
         if lean:
             extractor.store_activations = store
+    return results
+
+
+def _score_each(model, identifiers, seed) -> List[BenchmarkResult]:
+    import brainscore_vision
+    results = []
+    for identifier in identifiers:
+        with offline_defaults():
+            benchmark = brainscore_vision.load_benchmark(identifier)
+        recorder = _RecordingMetric(benchmark._similarity_metric)
+        benchmark._similarity_metric = recorder  # observe only: the metric still computes the score
+        property_name = recorder.metric.property_name
+        logger.info('scoring %s on %s', model.identifier, identifier)
+        with _seeded_numpy(seed):
+            score = benchmark(model)
+        model_property, data_property = recorder.first_call
+        results.append(BenchmarkResult(
+            model=model.identifier,
+            settings=getattr(model.activations_model, 'settings_description', model.identifier),
+            benchmark=identifier, score=float(score.values), raw=float(score.attrs['raw'].values),
+            ceiling=float(score.attrs['ceiling'].values), error=float(score.attrs['raw'].attrs.get('error', np.nan)),
+            property_name=property_name,
+            model_values=np.asarray(model_property.loc[:, property_name].values, dtype=float),
+            primate_values=np.asarray(data_property.loc[:, property_name].values, dtype=float),
+            bins=np.asarray(data_property.attrs[property_name + '_bins'], dtype=float)))
     return results
 
 
@@ -146,7 +179,8 @@ VOBLOCK_LAYERS = ('vone_block', 'vone_block.output')
 
 def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-properties',), *, layer: Optional[str] = None,
                         weights_path=None, pretrained: bool = True, noise_seed: int = 0, seed: int = 0,
-                        batch_size: int = 32, window: bool = True, progress: bool = True) -> List[BenchmarkResult]:
+                        batch_size: int = 32, window: bool = True, progress: bool = True,
+                        fast: bool = True) -> List[BenchmarkResult]:
     """Build ``identifier``'s brain model (``layer`` scores another layer as V1) and score it.
 
     When the published weights cannot be had and V1 is the VOneBlock (fixed weights, seeded), the score
@@ -175,4 +209,28 @@ def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-proper
         cropped = v1_window_for(model)
         if cropped is not None:
             model.activations_model.set_v1_window(cropped)
-    return score_brain_model(model, benchmarks, seed=seed, progress=progress)
+            _release_unused_stages(model.network)
+    return score_brain_model(model, benchmarks, seed=seed, progress=progress, fast=fast)
+
+
+class ReleasedStage(nn.Module):
+    """Stands in for a stage of a network that a windowed V1 run never computes (with the V1 window
+    set, the activations model records only the VOneBlock and refuses any other layer)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.released = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"the network's {self.released!r} stage was released: this model was built to score "
+                           f"its V1 (the VOneBlock) only")
+
+
+def _release_unused_stages(network) -> None:
+    """Give back the memory of every stage after the VOneBlock (a ResNet50 back-end is 0.1 GB), which
+    counts in the run's peak while Brain-Score maps 3,528 receptive-field responses of 73,728 units."""
+    from ..extraction import _release_free_memory
+    for name, _ in list(network.named_children()):
+        if name != 'vone_block':
+            setattr(network, name, ReleasedStage(name))
+    _release_free_memory()

@@ -182,13 +182,34 @@ def _groups(parameters: np.ndarray) -> List[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
 
 
+def blank_image() -> np.ndarray:
+    """The blank set's one image: uniform grey, BLANK_SIZE_PX square."""
+    return np.full((BLANK_SIZE_PX, BLANK_SIZE_PX), GRAY, dtype=np.uint8)
+
+
+def image_groups(name: str) -> List[np.ndarray]:
+    """Row indices of a set in rendering groups: rows that differ only in radius share one sine
+    texture (see :func:`render_rows`)."""
+    if name == BLANK:
+        return [np.array([0])]
+    return _groups(grating_parameters(name))
+
+
+def render_rows(name: str, indices) -> List[np.ndarray]:
+    """The images of rows ``indices`` (one group of :func:`image_groups`), exactly as written to the
+    set's PNG files."""
+    if name == BLANK:
+        return [blank_image() for _ in indices]
+    return _render_group(grating_parameters(name)[np.asarray(indices)], SIZE_PX)
+
+
 def _save_png(image: np.ndarray, path: Path):
     Image.fromarray(image, mode='L').save(path, format='PNG', compress_level=3)
 
 
 def _write_images(name: str, folder: Path, progress: bool, workers: Optional[int]):
     if name == BLANK:
-        _save_png(np.full((BLANK_SIZE_PX, BLANK_SIZE_PX), GRAY, dtype=np.uint8), folder / _file_name(name, 0))
+        _save_png(blank_image(), folder / _file_name(name, 0))
         return
     parameters = grating_parameters(name)
     groups = _groups(parameters)
