@@ -238,16 +238,31 @@ def test_behaviour_tasks(resnet_nonoise, stimuli):
     logits = _direct(resnet_nonoise.network, 'model.fc', stimuli)
     assert list(labels['logit'].values) == list(logits.argmax(axis=1))
 
+    # Choice labels: ImageNet probabilities (softmax of the classifier's logits) averaged over each
+    # label's ImageNet classes (the model-vs-human mapping's class lists), the larger mean chosen.
+    from brainscore_vision.model_helpers.brain_transformation.behavior import LabelToImagenetIndices
     resnet_nonoise.start_task(BrainModel.Task.label, ['dog', 'cat'])
     choices = resnet_nonoise.look_at(stimuli)
-    assert choices.sizes['presentation'] == 3 and set(np.ravel(choices.values)) <= {'dog', 'cat'}
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    means = np.stack([probabilities[:, LabelToImagenetIndices.label_to_indices(label)].mean(axis=1)
+                      for label in ('dog', 'cat')], axis=1)
+    assert np.ravel(choices.values).tolist() == [('dog', 'cat')[i] for i in means.argmax(axis=1)]
 
+    # Odd one out: dot-product similarity of the behavioural readout's features (model.avgpool, from
+    # the commitment); the image outside the most similar pair is the odd one.
     resnet_nonoise.start_task(BrainModel.Task.odd_one_out)
-    triplets = StimulusSet({'stimulus_id': ['stim0', 'stim1', 'stim2']})
-    triplets.stimulus_paths = {sid: stimuli.get_stimulus(sid) for sid in triplets['stimulus_id']}
+    ids = ['stim0', 'stim1', 'stim2']
+    triplets = StimulusSet({'stimulus_id': ids + ['stim2', 'stim0', 'stim1']})
+    triplets.stimulus_paths = {sid: stimuli.get_stimulus(sid) for sid in ids}
     triplets.identifier = 'test-triplets'
     choice = resnet_nonoise.look_at(triplets)
-    assert np.ravel(choice.values).tolist()[0] in {'stim0', 'stim1', 'stim2'}
+    features = dict(zip(stimuli['stimulus_id'], _direct(resnet_nonoise.network, 'model.avgpool', stimuli)))
+
+    def odd_one(i, j, k):
+        similarities = [features[a] @ features[b] for a, b in ((i, j), (i, k), (j, k))]
+        return (k, j, i)[int(np.argmax(similarities))]
+    assert np.ravel(choice.values).tolist() == [odd_one(*ids), odd_one('stim2', 'stim0', 'stim1')]
     resnet_nonoise.start_task(BrainModel.Task.passive)
 
 

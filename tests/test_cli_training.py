@@ -79,10 +79,13 @@ def test_robustness_compares_the_vonenet_with_its_backend(folder, trained, tmp_p
         by_eps = rows.set_index('strength')['accuracy']
         assert by_eps[0.0] == clean[model], 'eps 0 leaves the images, and the seeded noise, as they were'
     # Three steps with two noise draws do not reliably weaken the noisy, barely trained VOneNet (its
-    # evaluation draw differs from the attack's); the deterministic back-end must not gain accuracy.
+    # evaluation draw differs from the attack's).
     # Monotonic strength on deterministic and EOT-attacked models is tested in test_robustness.py.
     backend = table[(table['family'] == 'pgd_linf') & (table['model'] == 'resnet50 (torchvision)')]
     by_eps = backend.set_index('strength')['accuracy']
-    assert by_eps[0.1] <= by_eps[0.0]
+    # The deterministic back-end is attacked without randomness: an attack that works must cost it
+    # correct images (an eps that is ignored, or gradients that do not reach the input, leave them).
+    assert by_eps[0.0] > 0, 'the fixture model must classify some images to show the attack removes them'
+    assert by_eps[0.1] < by_eps[0.0]
     assert (output / 'robustness.png').stat().st_size > 0
     assert 'pgd_linf' in capsys.readouterr().out

@@ -260,6 +260,12 @@ def test_a_traced_block_computes_what_the_block_does():
     images = _images(2, size=64, seed=3)
     with torch.no_grad():
         _assert_close(traced(images), block(images))
+    # the dense path: the original's two convolutions (phase 0 and phase 90 filter banks), and none of
+    # the other methods' operators (Fourier transforms, grouped matrix products, compiled calls)
+    kinds = [node.kind() for node in traced.inlined_graph.nodes()]
+    assert kinds.count('aten::_convolution') == 2, kinds
+    assert not [kind for kind in kinds if 'fft' in kind or kind in ('aten::matmul', 'aten::bmm', 'aten::mm')
+                or not kind.startswith(('aten::', 'prim::'))], kinds
 
 
 @pytest.mark.parametrize('method', FAST_METHODS)

@@ -10,7 +10,6 @@ os.environ.setdefault('AWS_EC2_METADATA_DISABLED', 'true')
 os.environ.setdefault('BS_INSTALL_DEPENDENCIES', 'no')
 os.environ.setdefault('RESULTCACHING_DISABLE', '1')
 
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -61,14 +60,14 @@ CEILINGS = {  # benchmark -> (assembly, property, published ceiling)
     'Marques2020_Cavanaugh2002-surround_diameter': ('Cavanaugh2002a', 'surround_diameter', 0.955),
     'Marques2020_Cavanaugh2002-surround_suppression_index': ('Cavanaugh2002a', 'surround_suppression_index', 0.958),
 }
-TOLERANCE = 0.005
+TOLERANCE = 0.002  # the README's claim: the rebuilt data's ceilings match the published ones within 0.002
 
 
 @pytest.fixture
 def seeded_bootstrap():
     """Brain-Score's ceiling bootstraps with the global numpy generator; fix it, then restore it."""
     state = np.random.get_state()
-    np.random.seed(2021)
+    np.random.seed(0)  # the main job's default bootstrap seed (--seed 0), which the README quotes
     yield
     np.random.set_state(state)
 
@@ -176,10 +175,8 @@ def test_blocking_works_without_the_override(no_s3):
 
 @pytest.mark.parametrize('benchmark', list(CEILINGS))
 def test_load_benchmark_offline(benchmark, offline, seeded_bootstrap):
-    start = time.perf_counter()
     loaded = brainscore_vision.load_benchmark(benchmark)
     ceiling = float(loaded.ceiling)
-    assert time.perf_counter() - start < 10
     assert loaded.identifier == benchmark
     name, _, expected = CEILINGS[benchmark]
     assert ceiling == pytest.approx(expected, abs=TOLERANCE)

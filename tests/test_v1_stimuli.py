@@ -246,9 +246,7 @@ def test_cache_is_reused(shared_cache, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError('regenerated although cached')
     monkeypatch.setattr(stimuli, '_write_images', fail)
-    start = time.perf_counter()
     loaded = stimuli.load_stimulus_set('Marques2020_size', progress=False)
-    assert time.perf_counter() - start < 5
     assert len(loaded) == BRAINSCORE_SIZES['Marques2020_size']
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
