@@ -212,3 +212,20 @@ def test_taken_names_hold_every_name_of_the_installed_brainscore_and_none_of_our
     data = json.loads(io.open(Path(__import__('vonenet_brainscore.submission.website', fromlist=['x']).__file__)
                               .with_name('taken_names.json')).read())
     assert data['identifiers'] == sorted(data['identifiers'])
+
+
+def test_a_zip_that_breaks_the_rules_replaces_nothing(tmp_path, monkeypatch):
+    """The name is taken on the website the day the build runs (Brain-Score's list is the input here):
+    the build fails, names the rule, and the earlier zip at that path is left as it was."""
+    from vonenet_brainscore.submission import website
+    out = tmp_path / 'vonenet_resnet50.zip'
+    build_submission('vonenet_resnet50', out)
+    earlier = out.read_bytes()
+    names = website.load_taken_names()
+    monkeypatch.setattr(website, 'load_taken_names', lambda: website.TakenNames(
+        source='the website today', identifiers=names.identifiers | {'vonenet_resnet50'},
+        plugin_folders=names.plugin_folders | {'vonenet_resnet50'}))
+    with pytest.raises(SubmissionError, match='already a model or plugin name'):
+        build_submission('vonenet_resnet50', out)
+    assert out.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['vonenet_resnet50.zip']  # no candidate or .part left

@@ -7,11 +7,12 @@ applies the website's rules (``website``). ``build_submission`` refuses to write
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List
 
 from ..errors import SubmissionError
-from .archive import write_zip
+from .archive import checked_destination, write_zip
 from .plugin_files import render_plugin
 from .website import check_submission, load_taken_names
 
@@ -28,13 +29,20 @@ def build_submission(model: str, out_zip) -> Path:
     ``resnet50``) and return its path. The zip is checked with the website's rules before it is kept."""
     from ..identifiers import resolve
     identifier = resolve(model)
-    out_zip = write_zip(out_zip, SUBMISSION_ROOT, identifier,
-                        render_plugin([identifier], carry_code=True))
-    problems = check_submission(out_zip)
-    if problems:
-        out_zip.unlink()
-        raise SubmissionError(f"the zip built for {identifier} breaks the website's rules (nothing written): "
-                              + '; '.join(problems))
+    out_zip = checked_destination(out_zip)
+    # built and checked beside its destination, then renamed: a zip that breaks the rules never
+    # replaces an earlier one at that path
+    candidate = out_zip.with_name(f'.{out_zip.stem}.candidate.zip')
+    try:
+        write_zip(candidate, SUBMISSION_ROOT, identifier, render_plugin([identifier], carry_code=True))
+        problems = check_submission(candidate)
+        if problems:
+            raise SubmissionError(f"the zip built for {identifier} breaks the website's rules (nothing written "
+                                  f"to {out_zip}): " + '; '.join(problems))
+        os.replace(candidate, out_zip)
+    finally:
+        if candidate.exists():
+            candidate.unlink()
     return out_zip
 
 

@@ -30,13 +30,19 @@ def _entries(root: str, plugin: str, files: Dict[str, bytes]) -> Dict[str, bytes
     return dict(sorted(entries.items()))  # a folder sorts before everything inside it
 
 
-def write_zip(out_zip, root: str, plugin: str, files: Dict[str, bytes]) -> Path:
-    """Write ``files`` (paths inside the plugin folder) as ``root/models/plugin/...`` into ``out_zip``."""
+def checked_destination(out_zip) -> Path:
+    """``out_zip`` as a Path, if it can name a zip to write: a .zip file name that is not a folder."""
     out_zip = Path(out_zip)
     if out_zip.suffix.lower() != '.zip':
         raise SubmissionError(f"{out_zip}: the submission file name must end in .zip")
     if out_zip.is_dir():
         raise SubmissionError(f"{out_zip} is a folder; give the path of the zip file to write")
+    return out_zip
+
+
+def write_zip(out_zip, root: str, plugin: str, files: Dict[str, bytes]) -> Path:
+    """Write ``files`` (paths inside the plugin folder) as ``root/models/plugin/...`` into ``out_zip``."""
+    out_zip = checked_destination(out_zip)
     try:
         out_zip.parent.mkdir(parents=True, exist_ok=True)
         handle, part = tempfile.mkstemp(dir=out_zip.parent, prefix=f'.{out_zip.name}.', suffix='.part')
