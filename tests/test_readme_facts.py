@@ -9,6 +9,7 @@ import re
 from importlib.metadata import requires
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +149,15 @@ def test_the_readme_verb_table_lists_every_cli_verb():
     parser = build_parser()
     verbs = next(action for action in parser._actions if action.__class__.__name__ == '_SubParsersAction').choices
     assert listed == set(verbs)
+
+
+def test_mapping_reduces_layers_to_1000_components_by_default():
+    """README: layers with many features are reduced to 1000 principal components, as Brain-Score's
+    layer selection does."""
+    import inspect
+    from vonenet_brainscore import mapping
+    for function in (mapping.map_layers, mapping.extract_features):
+        assert inspect.signature(function).parameters['n_components'].default == 1000
+    features = np.random.default_rng(0).normal(size=(1200, 1500)).astype(np.float32)
+    reduced, _ = mapping.principal_components(features, 1000)
+    assert reduced.shape == (1200, 1000)
