@@ -8,6 +8,7 @@ model's name. ``pretrained=False`` builds the untrained model on purpose and tag
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -166,14 +167,48 @@ class VOneNetBrainModel(BrainModel):
 
     def look_at(self, stimuli, number_of_trials: int = 1, require_variance: bool = False):
         """Responses to ``stimuli``. A stochastic model averages ``number_of_trials`` noise draws, or
-        with ``require_variance`` returns every draw (trial-level presentations)."""
-        with self.activations_model.trials(number_of_trials, require_variance):
+        with ``require_variance`` returns every draw (trial-level presentations).
+
+        A V1 recording (V1 = the VOneBlock) of one of the Marques2020 property stimulus sets records only
+        the V1 window, for this call (see :meth:`_property_window`)."""
+        with self._property_window(stimuli), self.activations_model.trials(number_of_trials, require_variance):
             if self.do_behavior:
                 return self.behavior_model.look_at(stimuli, number_of_trials=number_of_trials,
                                                    require_variance=require_variance)
             if self.recording_region is None:
                 raise CommitmentError("call start_recording(region, time_bins) or start_task(...) before look_at")
             return self._record(stimuli, number_of_trials, require_variance)
+
+    @contextmanager
+    def _property_window(self, stimuli):
+        """For one call: the V1 window where it is valid (``v1_properties.score.property_window_for``).
+
+        When Brain-Score's own entry point (``brainscore_vision.score``) runs a Marques2020 property
+        benchmark, it calls this model directly, without our scoring run that sets the window: the full
+        56 x 56 x 512 VOneBlock map for the 3,528 receptive-field images would be a 22.7 GB assembly. The
+        benchmarks keep only units whose receptive field lies within 0.15 deg of the stimulus centre, all
+        inside the window (see the ``v1_properties.score`` module docstring), so the selected units and the
+        scores are those of the full map, at about 1 GB. The decision is made per call and undone after it
+        (no mode is left switched on): any other stimulus set, region or layer records as before. Within
+        the call the activations are computed as in our own run (``fast_scoring``, the same values bit
+        for bit) and not stored in Brain-Score's activations cache (the benchmarks cache their results).
+        """
+        from .v1_properties.score import property_window_for
+        window = property_window_for(self, stimuli)
+        if window is None:
+            yield
+            return
+        activations = self.activations_model
+        extractor = activations._extractor
+        store = extractor.store_activations
+        activations.set_v1_window(window)
+        extractor.store_activations = False
+        try:
+            with activations.fast_scoring():
+                yield
+        finally:
+            activations.set_v1_window(None)
+            extractor.store_activations = store
 
     def _record(self, stimuli, number_of_trials, require_variance):
         region = self.recording_region

@@ -271,37 +271,46 @@ classify_command.arguments = _classify_arguments
 
 
 # --- score ----------------------------------------------------------------------------------------
-@verb('score', 'score a brain model on the V1 property benchmarks (offline) and write table, JSON, CSV, figures')
+@verb('score', 'score brain models (ours or any Brain-Score model) on the V1 property benchmarks (offline) '
+              'and write table, JSON, CSV, figures')
 def score_command(args):
-    from .commitments_io import UnknownLayerError
-    from .identifiers import spec
-    from .v1_properties.figures import plot_property
-    from .v1_properties.score import resolve_benchmarks, score_v1_properties
+    from .v1_properties.figures import plot_properties
+    from .v1_properties.score import resolve_benchmarks
     output, csv_path, figures = _score_outputs(args)
     if args.weights:
         _input_file('--weights', args.weights)
-    identifier = _brain_identifier(args.model)
     try:
         resolve_benchmarks(args.benchmarks)
     except errors.VOneNetError as error:
         raise UsageError(f'--benchmarks: {error}') from None
-    try:
-        results = score_v1_properties(identifier, args.benchmarks, layer=args.layer, weights_path=args.weights,
-                                      pretrained=not args.untrained, noise_seed=args.noise_seed, seed=args.seed,
-                                      batch_size=args.batch_size, progress=not args.quiet)
-    except UnknownLayerError as error:
-        if not args.layer or args.layer not in error.layers:
-            raise
-        raise UsageError(f"--layer {args.layer!r} is not a layer of {identifier}; valid layers: the candidate "
-                         f"layers {', '.join(error.candidates)}, or any other module name of the network "
-                         f"(`vonenet-brainscore info {spec(identifier).model} --untrained` lists its "
-                         f"stages)") from None
-    rows = [(r.benchmark, f'{r.score:.3f}', f'{r.raw:.3f}', f'{r.ceiling:.3f}', len(r.model_values))
-            for r in results]
-    _print_table(('benchmark', 'score', 'raw', 'ceiling', 'model neurons'), rows)
-    records = [{**r.as_dict(), 'layer': args.layer or 'committed V1'} for r in results]
-    print(f'model {records[0]["model"]}: {records[0]["settings"]}')
-    if 'weights=untrained' in records[0]['settings'] and not args.untrained:
+    runs = [(_score_name(args.model), args.layer, '--layer')]
+    runs += [_against_entry(entry) for entry in args.against or []]
+    names = [f'{name}@{layer}' if layer else name for name, layer, _ in runs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--against: each model (and layer) once; got {', '.join(names)}")
+    per_model, records = [], []
+    for index, (identifier, layer, flag) in enumerate(runs):
+        main = index == 0
+        results = _score_one(args, identifier, layer, flag, weights=args.weights if main else None,
+                             untrained=args.untrained if main else False)
+        label = results[0].model.split('@')[0] + (f' ({layer})' if layer else '')
+        per_model.append((label, results))
+        records += [{**r.as_dict(), 'layer': layer or 'committed V1'} for r in results]
+    if len(per_model) == 1:
+        results = per_model[0][1]
+        rows = [(r.benchmark, f'{r.score:.3f}', f'{r.raw:.3f}', f'{r.ceiling:.3f}', len(r.model_values))
+                for r in results]
+        _print_table(('benchmark', 'score', 'raw', 'ceiling', 'model neurons'), rows)
+    else:  # one joint table: a score column per model (its neurons in brackets)
+        header = ('benchmark',) + tuple(label for label, _ in per_model)
+        rows = [(r.benchmark,) + tuple(f'{results[i].score:.3f} ({len(results[i].model_values)})'
+                                      for _, results in per_model)
+                for i, r in enumerate(per_model[0][1])]
+        _print_table(header, rows)
+        print('(score, model neurons in brackets; each run\'s raw score and ceiling are in the JSON/CSV)')
+    for (label, results) in per_model:
+        print(f'model {label}: {results[0].settings}')
+    if any('weights=untrained' in r['settings'] for r in records) and not args.untrained:
         print('note: the published weights could not be had, so the back-end is untrained (identifier tagged '
               '_untrained). V1 is the fixed, seeded VOneBlock, so these V1 scores do not depend on it.',
               file=sys.stderr)
@@ -313,9 +322,50 @@ def score_command(args):
         _write_csv(csv_path, records)
         print(f'wrote {csv_path}')
     if figures is not None:
-        for result in results:
-            plot_property(result, figures / f'{result.benchmark}.png', model_label=result.model.split('@')[0])
-        print(f'wrote {len(results)} figures to {figures}/')
+        for i, result in enumerate(per_model[0][1]):
+            plot_properties([(label, results[i]) for label, results in per_model],
+                            figures / f'{result.benchmark}.png')
+        print(f'wrote {len(per_model[0][1])} figures to {figures}/')
+
+
+def _score_name(name: str) -> str:
+    """Ours by catalogue name or identifier (resolved), else any Brain-Score identifier as given."""
+    from .identifiers import LEGACY_NAMES
+    try:
+        return _brain_identifier(name)
+    except errors.UnknownModelError:
+        if name in LEGACY_NAMES:  # an old name of ours: the error names its replacement
+            raise
+        return name
+
+
+def _against_entry(entry: str):
+    """``MODEL`` or ``MODEL@LAYER`` (Brain-Score identifiers never contain '@')."""
+    name, _, layer = entry.partition('@')
+    if not name or (_ and not layer):
+        raise UsageError(f"--against {entry!r}: give MODEL or MODEL@LAYER, e.g. alexnet_random@features.2")
+    return _score_name(name), layer or None, '--against'
+
+
+def _score_one(args, identifier, layer, flag, weights, untrained):
+    from .commitments_io import UnknownLayerError
+    from .identifiers import spec
+    from .v1_properties.score import score_v1_properties
+    try:
+        return score_v1_properties(identifier, args.benchmarks, layer=layer, weights_path=weights,
+                                   pretrained=not untrained, noise_seed=args.noise_seed, seed=args.seed,
+                                   batch_size=args.batch_size, progress=not args.quiet,
+                                   announce=lambda line: print(f'memory: {line}', file=sys.stderr, flush=True))
+    except UnknownLayerError as error:
+        if not layer or layer not in error.layers:
+            raise
+        try:
+            hint = f"(`vonenet-brainscore info {spec(identifier).model} --untrained` lists its stages)"
+        except errors.VOneNetError:
+            hint = "(the names of its torch modules, e.g. features.2)"
+        raise UsageError(f"{flag} {layer!r} is not a layer of {identifier}; valid layers: the candidate "
+                         f"layers {', '.join(error.candidates)}, or any other module name of the network "
+                         f"{hint}") from None
 
 
 def _score_outputs(args):
@@ -341,14 +391,19 @@ def _score_outputs(args):
 
 
 def _score_arguments(parser):
-    parser.add_argument('model', help='brain model identifier, e.g. vonenet_resnet50 or vonenet_resnet50_nonoise')
+    parser.add_argument('model', help='brain model identifier: ours (e.g. vonenet_resnet50_nonoise) or any model '
+                                      'Brain-Score can load (brainscore_vision.load_model, e.g. alexnet_random)')
+    parser.add_argument('--against', nargs='+', metavar='MODEL[@LAYER]',
+                        help='score these models too, side by side (one table, one figure per property); '
+                             '@LAYER commits their V1 to LAYER')
     parser.add_argument('--benchmarks', nargs='+', default=['v1-properties'],
                         help="'v1-properties' (the seven offline Marques2020 benchmarks) or benchmark ids")
     parser.add_argument('--layer', help='score this layer as V1 instead of the committed one (a module name, '
-                                         'e.g. model.layer1.0)')
+                                         'e.g. model.layer1.0); for a Brain-Score model with no region map of '
+                                         'its own, it commits V1 (no layer selection, which needs S3)')
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--weights', metavar='PATH', help='checkpoint file in the published training format')
-    source.add_argument('--untrained', action='store_true', help='untrained back-end on purpose')
+    source.add_argument('--untrained', action='store_true', help='untrained back-end on purpose (VOneNets only)')
     parser.add_argument('--noise-seed', type=SEED, default=0, help='seed of the VOneBlock noise draws (default 0)')
     parser.add_argument('--seed', type=SEED, default=0, help="seed of Brain-Score's bootstrap (default 0)")
     parser.add_argument('--batch-size', type=POSITIVE_INT, default=32, help='images per forward pass (default 32)')

@@ -46,3 +46,13 @@ class SubmissionError(VOneNetError):
 
 class SettingError(VOneNetError, ValueError):
     """An environment variable names a cache folder or a mirror that cannot be used."""
+
+
+class V1MemoryError(VOneNetError, MemoryError):
+    """Scoring V1 on the property benchmarks needs more memory than is available (the full layer map is
+    recorded for 3,528 receptive-field images); the message names the model, the layer, the estimate and
+    what to do."""
+
+
+class BrainModelError(VOneNetError):
+    """A Brain-Score model that cannot be loaded or committed as asked (e.g. no V1 layer without --layer)."""

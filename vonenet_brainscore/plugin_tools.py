@@ -6,6 +6,15 @@ Brain-Score only finds plugins inside its own ``brainscore_vision/models/`` fold
 imports the installed package, so edits and upgrades of the code are followed). The folder carries a
 marker so that ``uninstall_plugin`` removes only what ``install_plugin`` placed. For brain-score.org,
 build one zip per model instead (``vonenet_brainscore.submission``).
+
+When Brain-Score imports this local plugin, it also makes Brain-Score's own entry points
+(``brainscore_vision.score``, ``python -m brainscore_vision score``) run the seven offline Marques2020
+benchmarks: it swaps, in Brain-Score's ``data_registry`` and ``stimulus_set_registry``, the S3 loaders of
+their data and stimuli for our local ones (``v1_properties.registry.register_for_local_plugin``). A data
+plugin of our own cannot do it: Brain-Score's ``ImportPlugin.locate_plugin`` asserts that exactly one
+``brainscore_vision/data/*`` folder registers each identifier, and ``load_dataset`` runs it on every call,
+so a second folder registering ``DeValois1982a`` would break every Marques2020 benchmark. The submission
+zips never swap anything (brain-score.org scores against Brain-Score's S3 data).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One figure per V1 property: the model's distribution against the primate histogram."""
+"""One figure per V1 property: the model's distribution (or several models', side by side) against the
+primate histogram."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,6 +43,50 @@ def plot_property(result, path, model_label: str = 'model') -> Path:
     axes.set_title(f"{result.benchmark}\nscore {result.score:.3f} (raw {result.raw:.3f} / ceiling {result.ceiling:.3f})",
                    fontsize=8)
     axes.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+_COLOURS = ('tab:red', 'tab:blue', 'tab:green', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:cyan')
+
+
+def plot_properties(labelled, path) -> Path:
+    """Side by side: every model's distribution of one property over the primate histogram.
+
+    ``labelled``: ``[(label, BenchmarkResult), ...]``, all of the same benchmark (the primate data and
+    bins are the first result's; every result of a benchmark compares with the same ones). One model
+    gives the figure of :func:`plot_property`."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    labelled = list(labelled)
+    if not labelled:
+        raise ValueError('plot_properties needs at least one (label, result)')
+    if len(labelled) == 1:
+        return plot_property(labelled[0][1], path, model_label=labelled[0][0])
+    first = labelled[0][1]
+    benchmarks = {result.benchmark for _, result in labelled}
+    if len(benchmarks) != 1:
+        raise ValueError(f'plot_properties: results of one benchmark only, got {sorted(benchmarks)}')
+    bins = first.bins
+    primate, _ = property_histograms(first)
+    figure, axes = plt.subplots(figsize=(5.6, 3.8), dpi=120)
+    axes.stairs(primate, bins, fill=True, alpha=0.35, color='0.35', label=f'primate V1 (n={len(first.primate_values)})')
+    for index, (label, result) in enumerate(labelled):
+        _, model = property_histograms(result)
+        axes.stairs(model, bins, linewidth=2, color=_COLOURS[index % len(_COLOURS)],
+                    label=f'{label}: score {result.score:.3f} (n={len(result.model_values)})')
+    if _is_log_spaced(bins):
+        axes.set_xscale('log')
+    axes.set_xlabel(first.property_name.replace('_', ' '))
+    axes.set_ylabel('fraction of neurons')
+    axes.set_title(f"{first.benchmark} (ceiling {first.ceiling:.3f})", fontsize=8)
+    axes.legend(fontsize=6.5, frameon=False)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

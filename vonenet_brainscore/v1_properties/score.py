@@ -16,20 +16,33 @@ Brain-Score's own operations instead of through 9,097 new files (``screen.py``),
 noise trials computed with less work (``VOneNetActivations.fast_scoring``). The activations, the
 selected neurons and the scores are those of ``fast=False``, today's path through files, bit for bit
 (``tests/test_v1_fast_path.py``).
+
+Any Brain-Score model can be scored (:func:`build_v1_model`): ours are built here; any other identifier
+is loaded with ``brainscore_vision.load_model``, and ``layer`` commits its V1 (a new ``ModelCommitment``
+with ``region_layer_map={'V1': layer}`` over the loaded activations model), so Brain-Score's layer
+selection, which scores every layer on an S3 benchmark, is never triggered. The V1 window applies only
+where it is valid, i.e. V1 is a VOneBlock; elsewhere the full layer map is recorded, so the memory the
+receptive-field set needs is estimated first (units x 3,528 images x 4 bytes, held about twice while
+Brain-Score maps the receptive fields) and a run that cannot fit stops with ``V1MemoryError``.
+
+Brain-Score's own entry points (``brainscore_vision.score``) call our brain model directly, without
+this module's run: there :func:`property_window_for` lets the model record the window for one call at
+a time, for the Marques2020 property stimulus sets only (see ``VOneNetBrainModel.look_at``).
 """
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import nn
 
 from ..brainscore_env import offline_defaults
-from ..errors import VOneNetError
-from .registry import OFFLINE_BENCHMARKS, S3_ONLY_BENCHMARKS, install_offline_data
+from ..errors import BrainModelError, V1MemoryError, VOneNetError
+from .registry import OFFLINE_BENCHMARKS, OPT_OUT_VARIABLE, S3_ONLY_BENCHMARKS, install_offline_data
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +117,69 @@ class _RecordingMetric:
 
 
 def v1_window_for(model) -> Optional[tuple]:
-    """The V1 window for a brain model whose V1 is its VOneBlock, else None."""
-    if model.commitment.layer('V1') not in ('vone_block', 'vone_block.output'):
+    """The V1 window for a brain model whose V1 is its VOneBlock, else None (any other model: no window)."""
+    commitment = getattr(model, 'commitment', None)
+    if commitment is None or commitment.layer('V1') not in VOBLOCK_LAYERS:
         return None
     return model.network.vone_block.units_within(STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG)
+
+
+FREEMAN_ZIEMBA_SET = 'FreemanZiemba2013_properties'
+"""The one other stimulus set the Marques2020 property benchmarks record (the FreemanZiemba2013 ones, from S3)."""
+_PLACED = re.compile(r'^(?P<name>.+)--target[0-9.]+--source.*$')
+
+
+def _set_name(stimuli) -> Optional[str]:
+    """The stimulus set's registry name, also once placed on a screen (``<name>--target8.00--sourceNone``)."""
+    identifier = getattr(stimuli, 'identifier', None)
+    if not isinstance(identifier, str):
+        return None
+    placed = _PLACED.match(identifier)
+    return placed.group('name') if placed else identifier
+
+
+def _served_by_us(name: str) -> bool:
+    """Whether Brain-Score's registry currently loads stimulus set ``name`` from our generated images."""
+    import brainscore_vision
+    from .registry import _MARK
+    return hasattr(brainscore_vision.stimulus_set_registry.get(name), _MARK)
+
+
+def property_window_for(model, stimuli) -> Optional[tuple]:
+    """The V1 window for one V1 recording of ``model`` on ``stimuli``, or None: the per-call decision of
+    ``VOneNetBrainModel.look_at`` when Brain-Score's property benchmarks call the model directly.
+
+    A window is used only where it is valid: V1 is the VOneBlock, no window is set already (our own runs
+    set it for the whole run), and ``stimuli`` is one of our generated Marques2020 sets (placed on the
+    screen; Brain-Score's registry serves it from our images), all drawn around the stimulus centre
+    (0.5, 0.5) deg, where the benchmarks select units within 0.15 deg (module docstring). Brain-Score
+    selects the units of a later recording by position (``activations[in_rf]``, with ``in_rf`` from the
+    receptive-field map), so every set one benchmark records must have the same units: the
+    FreemanZiemba2013 texture set, whose units are selected on our (windowed) receptive-field map, is
+    windowed too when it is centred there, and refused otherwise (a full map would select other units).
+    Any other stimulus set, region or layer: None (the full map, as always).
+    """
+    commitment = getattr(model, 'commitment', None)
+    activations = getattr(model, 'activations_model', None)
+    region = getattr(model, 'recording_region', None)
+    if commitment is None or region != 'V1' or getattr(model, 'do_behavior', False) or \
+            getattr(activations, 'v1_window', True) is not None or commitment.layer(region) not in VOBLOCK_LAYERS:
+        return None
+    from . import stimuli as generated
+    name = _set_name(stimuli)
+    if name in generated.STIMULUS_SET_NAMES and _served_by_us(name):
+        return v1_window_for(model)
+    if name == FREEMAN_ZIEMBA_SET and _served_by_us(generated.RECEPTIVE_FIELD):
+        positions = {tuple(row) for row in stimuli[['position_y', 'position_x']].to_numpy().tolist()} \
+            if {'position_y', 'position_x'} <= set(stimuli.columns) else set()
+        if positions == {tuple(STIMULUS_CENTRE_DEG)}:
+            return v1_window_for(model)
+        raise BrainModelError(
+            f"{model.identifier}: {FREEMAN_ZIEMBA_SET} is not centred at {STIMULUS_CENTRE_DEG} deg (positions "
+            f"{sorted(positions)[:3]}), so its V1 units cannot be selected on the windowed receptive-field map "
+            f"of our generated Marques2020_receptive_field set; score this benchmark with {OPT_OUT_VARIABLE}=s3 "
+            f"(Brain-Score's S3 stimuli, and the full V1 map: about 23 GB for the receptive-field set)")
+    return None
 
 
 @contextmanager
@@ -175,21 +247,197 @@ def _score_each(model, identifiers, seed) -> List[BenchmarkResult]:
 
 
 VOBLOCK_LAYERS = ('vone_block', 'vone_block.output')
+RECEPTIVE_FIELD_IMAGES = 3528  # the Marques2020_receptive_field set: the largest recording of the run
+PEAK_FACTOR = 2  # Brain-Score's receptive-field mapping holds the recorded map and a blank-subtracted copy
 
 
-def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-properties',), *, layer: Optional[str] = None,
-                        weights_path=None, pretrained: bool = True, noise_seed: int = 0, seed: int = 0,
-                        batch_size: int = 32, window: bool = True, progress: bool = True,
-                        fast: bool = True) -> List[BenchmarkResult]:
-    """Build ``identifier``'s brain model (``layer`` scores another layer as V1) and score it.
+@dataclass
+class V1Plan:
+    """What one model's V1 run records, and the memory its largest recording needs."""
 
-    When the published weights cannot be had and V1 is the VOneBlock (fixed weights, seeded), the score
-    cannot depend on the back-end: the model is built with an untrained back-end, its identifier tagged
-    ``_untrained``, and a warning says so. For any other V1 layer the missing weights are an error.
+    model: str
+    layer: str
+    windowed: bool
+    units: Optional[int]
+    estimate_bytes: Optional[int]
+    available_bytes: Optional[int]
+
+    def describe(self) -> str:
+        if self.units is None:
+            return f"{self.model}: V1 = {self.layer}; its size is unknown, so no memory estimate"
+        how = 'V1 window (VOneBlock)' if self.windowed else 'full map'
+        available = f", {self.available_bytes / 1e9:.1f} GB available" if self.available_bytes else ''
+        return (f"{self.model}: V1 = {self.layer} ({how}): {self.units:,} units x {RECEPTIVE_FIELD_IMAGES} "
+                f"receptive-field images x 4 bytes = {self.estimate_bytes / 1e9:.2f} GB{available}")
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` of /proc/meminfo (Linux), else the
+    free physical pages (``os.sysconf``), None if unknown. (Not psutil: this module travels in the
+    submitted plugin, whose requirements name only what its code imports.)"""
+    try:
+        with open('/proc/meminfo') as meminfo:
+            for line in meminfo:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+        return int(os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE'))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def layer_units(network, layer: str, image_size: int = 224) -> Optional[int]:
+    """Units of ``network``'s module ``layer`` for one image (a forward pass of zeros, stopped there)."""
+    import torch
+    modules = dict(network.named_modules())
+    if layer not in modules:
+        return None
+    found = {}
+
+    class _Stop(Exception):
+        pass
+
+    def hook(_module, _inputs, output):
+        output = output[0] if isinstance(output, (tuple, list)) else output
+        found['units'] = int(output[0].numel())
+        raise _Stop
+
+    handle = modules[layer].register_forward_hook(hook)
+    parameter = next(network.parameters(), None)
+    inputs = torch.zeros(1, 3, image_size, image_size, dtype=parameter.dtype if parameter is not None else None,
+                         device=parameter.device if parameter is not None else None)
+    try:
+        with torch.no_grad():
+            network(inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return found.get('units')
+
+
+def _is_ours(identifier: str) -> bool:
+    from ..identifiers import resolve
+    try:
+        resolve(identifier)
+    except VOneNetError:
+        return False
+    return True
+
+
+def _check_known_to_brainscore(identifier: str) -> None:
+    """Refuse, before any loading, a name neither ours nor registered by exactly one Brain-Score model plugin."""
+    from brainscore_core.plugin_management.import_plugin import ImportPlugin
+    from ..identifiers import IDENTIFIERS
+    try:
+        ImportPlugin('brainscore_vision', 'models', identifier)
+    except AssertionError as error:  # Brain-Score's locate_plugin: no registration, or several
+        raise BrainModelError(f"unknown brain model {identifier!r}: not ours ({', '.join(IDENTIFIERS)}) and Brain-Score "
+                              f"cannot load it ({error})") from None
+
+
+def load_brain_model(identifier: str, layer: Optional[str] = None):
+    """Any Brain-Score model, loaded by ``brainscore_vision.load_model``; with ``layer``, V1 is committed to
+    that layer (a new ``ModelCommitment``, ``region_layer_map={'V1': layer}``, over the loaded model's
+    activations model and visual degrees), so no layer selection runs. Without ``layer`` the model must
+    commit V1 itself: a ``ModelCommitment`` with no region map of its own would select V1's layer by
+    scoring every layer on Brain-Score's S3 data, so that is refused, naming ``--layer``."""
+    import brainscore_vision
+    from brainscore_vision.model_helpers.brain_transformation import ModelCommitment, RegionLayerMap
+    from ..commitments_io import UnknownLayerError
+    with offline_defaults():
+        try:
+            model = brainscore_vision.load_model(identifier)
+        except AssertionError as error:  # Brain-Score's locate_plugin: no (or two) registrations
+            raise BrainModelError(f"Brain-Score cannot load {identifier!r}: {error}") from None
+    activations = getattr(model, 'activations_model', None)
+    network = getattr(activations, '_model', None)
+    candidates = list(getattr(model, 'layers', None) or [])
+    if layer is None:
+        region_map = getattr(getattr(model, 'layer_model', None), 'region_layer_map', None)
+        if isinstance(region_map, RegionLayerMap) and 'V1' not in dict.keys(region_map):
+            raise BrainModelError(
+                f"{identifier} has no region map of its own: Brain-Score would pick its V1 layer by scoring "
+                f"every layer on FreemanZiemba2013public.V1-pls, from S3. Commit V1 to a layer with --layer "
+                f"(candidate layers: {', '.join(candidates) or 'see the model'})")
+        return model
+    if activations is None:
+        raise BrainModelError(f"{identifier} ({type(model).__name__}) has no activations model, so V1 cannot be "
+                              f"committed to {layer!r}; score it without --layer")
+    if network is not None and layer not in dict(network.named_modules()):
+        raise UnknownLayerError(f"{identifier} has no layer {layer!r}", [layer], candidates)
+    visual_degrees = model.visual_degrees() if hasattr(model, 'visual_degrees') else 8
+    return ModelCommitment(identifier=f'{identifier}@V1={layer}', activations_model=activations, layers=[layer],
+                           region_layer_map={'V1': layer}, visual_degrees=visual_degrees)
+
+
+def _v1_layer(model) -> str:
+    commitment = getattr(model, 'commitment', None)
+    if commitment is not None:
+        return commitment.layer('V1')
+    region_map = getattr(getattr(model, 'layer_model', None), 'region_layer_map', None)
+    if region_map is not None:
+        layer = region_map['V1']
+        return layer if isinstance(layer, str) else ','.join(layer)
+    return '?'
+
+
+def plan_v1_run(model, windowed: bool) -> V1Plan:
+    """The memory estimate of ``model``'s V1 run (windowed: the window's units)."""
+    layer = _v1_layer(model)
+    activations = getattr(model, 'activations_model', None)
+    if windowed:
+        r0, r1, c0, c1 = activations.v1_window
+        units = (r1 - r0) * (c1 - c0) * model.network.vone_block.output_shape()[0]
+    else:
+        network = getattr(activations, '_model', None)
+        commitment = getattr(model, 'commitment', None)
+        size = commitment.image_size if commitment is not None else int(getattr(activations, 'image_size', 224))
+        units = layer_units(network, layer, size) if network is not None and ',' not in layer else None
+    estimate = None if units is None else units * RECEPTIVE_FIELD_IMAGES * 4
+    return V1Plan(model=model.identifier, layer=layer, windowed=windowed, units=units, estimate_bytes=estimate,
+                  available_bytes=available_memory())
+
+
+def check_memory(plan: V1Plan) -> None:
+    """Raise ``V1MemoryError`` when the run's largest recording cannot fit in the available memory."""
+    if plan.estimate_bytes is None or plan.available_bytes is None:
+        return
+    needed = PEAK_FACTOR * plan.estimate_bytes
+    if needed > plan.available_bytes:
+        raise V1MemoryError(
+            f"{plan.model}: scoring V1 = {plan.layer} records its full map, {plan.units:,} units, for "
+            f"{RECEPTIVE_FIELD_IMAGES} receptive-field images: {plan.estimate_bytes / 1e9:.1f} GB, held about "
+            f"{PEAK_FACTOR}x ({needed / 1e9:.1f} GB) while Brain-Score maps the receptive fields, but only "
+            f"{plan.available_bytes / 1e9:.1f} GB is available. Use an earlier or smaller layer (--layer), or a "
+            f"machine with more memory (the V1 window that makes VOneNets fit applies only to a VOneBlock V1)")
+
+
+def build_v1_model(identifier: str, *, layer: Optional[str] = None, weights_path=None, pretrained: bool = True,
+                   noise_seed: int = 0, batch_size: int = 32, window: bool = True,
+                   progress: bool = True) -> Tuple[object, V1Plan]:
+    """The brain model to score (ours, or any Brain-Score model) and its run's plan (window, memory).
+
+    Ours: when the published weights cannot be had and V1 is the VOneBlock (fixed weights, seeded), the
+    score cannot depend on the back-end: the model is built with an untrained back-end, its identifier
+    tagged ``_untrained``, and a warning says so. For any other V1 layer the missing weights are an error.
+    Raises ``V1MemoryError`` (before any recording) when the full map cannot fit.
     """
+    if not _is_ours(identifier):
+        _check_known_to_brainscore(identifier)
+        if weights_path is not None or not pretrained:
+            raise BrainModelError(f"{identifier} is not a VOneNet: --weights and --untrained apply to ours only")
+        model = load_brain_model(identifier, layer)
+        plan = plan_v1_run(model, windowed=False)
+        check_memory(plan)
+        return model, plan
     from ..brain import brain_model
     from ..errors import WeightsUnavailableError
-    from ..identifiers import UNTRAINED_TAG
+    from ..identifiers import UNTRAINED_TAG, resolve
+    identifier = resolve(identifier)
 
     def build(pretrained_back_end: bool):
         return brain_model(identifier, weights_path=weights_path, pretrained=pretrained_back_end,
@@ -205,11 +453,24 @@ def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-proper
                        "property scores do not depend on the back-end: scoring with an untrained back-end, "
                        "identifier tagged '%s'.", identifier, str(error).splitlines()[0], UNTRAINED_TAG)
         model = build(False)
-    if window:
-        cropped = v1_window_for(model)
-        if cropped is not None:
-            model.activations_model.set_v1_window(cropped)
-            _release_unused_stages(model.network)
+    cropped = v1_window_for(model) if window else None
+    if cropped is not None:
+        model.activations_model.set_v1_window(cropped)
+        _release_unused_stages(model.network)
+    plan = plan_v1_run(model, windowed=cropped is not None)
+    check_memory(plan)
+    return model, plan
+
+
+def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-properties',), *, layer: Optional[str] = None,
+                        weights_path=None, pretrained: bool = True, noise_seed: int = 0, seed: int = 0,
+                        batch_size: int = 32, window: bool = True, progress: bool = True,
+                        fast: bool = True, announce: Optional[Callable[[str], None]] = None) -> List[BenchmarkResult]:
+    """Build ``identifier``'s brain model (ours or any Brain-Score model; ``layer`` scores another layer as
+    V1) and score it (see :func:`build_v1_model`). ``announce`` receives the memory estimate before the run."""
+    model, plan = build_v1_model(identifier, layer=layer, weights_path=weights_path, pretrained=pretrained,
+                                 noise_seed=noise_seed, batch_size=batch_size, window=window, progress=progress)
+    (announce or logger.info)(plan.describe())
     return score_brain_model(model, benchmarks, seed=seed, progress=progress, fast=fast)
 
 
