@@ -42,6 +42,30 @@ def test_kernels_are_built_once_into_the_cache(fresh_kernels, isolated_cache):
     assert again.path == built.path and again.path.stat().st_mtime_ns == modified
 
 
+@needs_compiler
+def test_the_cache_is_keyed_by_the_compiler_and_the_source(fresh_kernels, isolated_cache, monkeypatch, tmp_path):
+    """Another compiler, or another kernel source, never loads a build made by the first: each gets a
+    library of its own beside it (README: cached per source, compiler, flags and CPU)."""
+    import shutil
+    first = native.kernels()
+    assert first is not None, native.unavailable_reason()
+    wrapper = tmp_path / 'other-cc'  # the same compiler behind another command: another key
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(native.compiler_command()[0])} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv('CC', str(wrapper))
+    native.kernels.cache_clear()
+    second = native.kernels()
+    assert second is not None and second.path != first.path and first.path.exists()
+    edited = tmp_path / 'kernels.c'
+    edited.write_text(native.SOURCE.read_text() + '\n/* an edit */\n')
+    monkeypatch.setattr(native, 'SOURCE', edited)
+    native.kernels.cache_clear()
+    third = native.kernels()
+    assert third is not None and third.path not in (first.path, second.path)
+    libraries = sorted(p for p in (isolated_cache / 'kernels').iterdir() if p.suffix == '.so')
+    assert libraries == sorted([first.path, second.path, third.path])
+
+
 def test_disabling_compilation_falls_back_to_torch(fresh_kernels, monkeypatch):
     monkeypatch.setenv(native.DISABLE_ENV, '1')
     assert native.kernels() is None

@@ -161,3 +161,14 @@ def test_mapping_reduces_layers_to_1000_components_by_default():
     features = np.random.default_rng(0).normal(size=(1200, 1500)).astype(np.float32)
     reduced, _ = mapping.principal_components(features, 1000)
     assert reduced.shape == (1200, 1000)
+
+
+def test_training_uses_the_original_augmentation():
+    """README: training uses random resized crops and horizontal flips, at 224 px, normalised with 0.5."""
+    from torchvision import transforms
+    from vonenet_brainscore.imagenet import training_transform
+    steps = training_transform().transforms
+    assert [type(step) for step in steps] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip,
+                                              transforms.ToTensor, transforms.Normalize]
+    assert tuple(steps[0].size) == (224, 224) and steps[1].p == 0.5
+    assert list(steps[3].mean) == [0.5] * 3 == list(steps[3].std)
