@@ -393,3 +393,33 @@ def test_a_windowed_v1_run_gives_back_the_stages_it_never_computes():
     assert sum(p.numel() for p in network.parameters()) == sum(p.numel() for p in block.parameters())
     with pytest.raises(RuntimeError, match='released'):
         network(torch.zeros(1, 3, 224, 224))
+
+
+def test_inputs_of_one_uniform_value_are_computed_once(on_screen):
+    """README: inside the V1 window most receptive-field stimuli are uniform grey; those are computed
+    once (observed on the Gabor stage, which still computes everything it is given)."""
+    activations, _ = _activations(noise_mode=None, channels=16)
+    block = activations._model.vone_block
+    rows = list(range(0, 3528, 49))
+    images, digests = _inputs(stimuli.RECEPTIVE_FIELD, rows)
+    r0, r1, c0, c1 = activations.v1_window
+    crops = images[:, :, r0 * 4 - 12:(r1 - 1) * 4 + 13, c0 * 4 - 12:(c1 - 1) * 4 + 13].reshape(len(rows), -1)
+    uniform = crops.min(axis=1) == crops.max(axis=1)
+    distinct = int((~uniform).sum()) + len({float(v) for v in crops[uniform, 0]})
+    assert uniform.sum() > 1 and distinct < len(rows)
+    seen = []
+    gabors_f = block.gabors_f
+
+    def observed(x, padding=None):
+        seen.append(len(x))
+        return gabors_f(x, padding)
+    block.gabors_f = observed
+    try:
+        reference = activations.get_activations(images, ['vone_block'])['vone_block'].copy()
+        seen_reference, seen[:] = list(seen), []
+        with activations.fast_scoring(workers=1):
+            fast = activations.get_activations(images, ['vone_block'], digests=digests)['vone_block']
+    finally:
+        del block.gabors_f
+    assert sum(seen_reference) == len(rows) and sum(seen) == distinct
+    assert fast.tobytes() == reference.tobytes()
