@@ -24,31 +24,40 @@ def property_histograms(result):
     return primate / max(primate.sum(), 1), model / max(model.sum(), 1)
 
 
-def plot_property(result, path, model_label: str = 'model') -> Path:
-    """Save a step histogram of the model's property values over the primate distribution."""
+def _save_histograms(path, bins, property_name: str, primate, primate_n: int, series, title: str,
+                     size=(5, 3.4)) -> Path:
+    """One figure: the primate histogram filled in grey, each ``(label, fractions, colour)`` of ``series``
+    as a step line over it; log x axis for log-spaced bins."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    primate, model = property_histograms(result)
-    bins = result.bins
-    figure, axes = plt.subplots(figsize=(5, 3.4), dpi=120)
-    axes.stairs(primate, bins, fill=True, alpha=0.35, color='0.35',
-                label=f'primate V1 (n={len(result.primate_values)})')
-    axes.stairs(model, bins, linewidth=2, color='tab:red', label=f'{model_label} (n={len(result.model_values)})')
+    figure, axes = plt.subplots(figsize=size, dpi=120)
+    axes.stairs(primate, bins, fill=True, alpha=0.35, color='0.35', label=f'primate V1 (n={primate_n})')
+    for label, fractions, colour in series:
+        axes.stairs(fractions, bins, linewidth=2, color=colour, label=label)
     if _is_log_spaced(bins):
         axes.set_xscale('log')
-    axes.set_xlabel(result.property_name.replace('_', ' '))
+    axes.set_xlabel(property_name.replace('_', ' '))
     axes.set_ylabel('fraction of neurons')
-    axes.set_title(f"{result.benchmark}\nscore {result.score:.3f} (raw {result.raw:.3f} / ceiling {result.ceiling:.3f})",
-                   fontsize=8)
-    axes.legend(fontsize=7, frameon=False)
+    axes.set_title(title, fontsize=8)
+    # a light frame keeps the legend readable where it has to sit over the bars
+    axes.legend(fontsize=6.5, frameon=True, framealpha=0.85, edgecolor='none')
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_property(result, path, model_label: str = 'model') -> Path:
+    """Save a step histogram of the model's property values over the primate distribution."""
+    primate, model = property_histograms(result)
+    return _save_histograms(
+        path, result.bins, result.property_name, primate, len(result.primate_values),
+        [(f'{model_label} (n={len(result.model_values)})', model, 'tab:red')],
+        f"{result.benchmark}\nscore {result.score:.3f} (raw {result.raw:.3f} / ceiling {result.ceiling:.3f})")
 
 
 _COLOURS = ('tab:red', 'tab:blue', 'tab:green', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:cyan')
@@ -60,10 +69,6 @@ def plot_properties(labelled, path) -> Path:
     ``labelled``: ``[(label, BenchmarkResult), ...]``, all of the same benchmark (the primate data and
     bins are the first result's; every result of a benchmark compares with the same ones). One model
     gives the figure of :func:`plot_property`."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     labelled = list(labelled)
     if not labelled:
         raise ValueError('plot_properties needs at least one (label, result)')
@@ -73,23 +78,8 @@ def plot_properties(labelled, path) -> Path:
     benchmarks = {result.benchmark for _, result in labelled}
     if len(benchmarks) != 1:
         raise ValueError(f'plot_properties: results of one benchmark only, got {sorted(benchmarks)}')
-    bins = first.bins
     primate, _ = property_histograms(first)
-    figure, axes = plt.subplots(figsize=(5.6, 3.8), dpi=120)
-    axes.stairs(primate, bins, fill=True, alpha=0.35, color='0.35', label=f'primate V1 (n={len(first.primate_values)})')
-    for index, (label, result) in enumerate(labelled):
-        _, model = property_histograms(result)
-        axes.stairs(model, bins, linewidth=2, color=_COLOURS[index % len(_COLOURS)],
-                    label=f'{label}: score {result.score:.3f} (n={len(result.model_values)})')
-    if _is_log_spaced(bins):
-        axes.set_xscale('log')
-    axes.set_xlabel(first.property_name.replace('_', ' '))
-    axes.set_ylabel('fraction of neurons')
-    axes.set_title(f"{first.benchmark} (ceiling {first.ceiling:.3f})", fontsize=8)
-    axes.legend(fontsize=6.5, frameon=False)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    series = [(f'{label}: score {result.score:.3f} (n={len(result.model_values)})', property_histograms(result)[1],
+               _COLOURS[index % len(_COLOURS)]) for index, (label, result) in enumerate(labelled)]
+    return _save_histograms(path, first.bins, first.property_name, primate, len(first.primate_values), series,
+                            f"{first.benchmark} (ceiling {first.ceiling:.3f})", size=(5.6, 3.8))
