@@ -116,15 +116,3 @@ def test_the_self_check_rejects_wrong_arithmetic(tmp_path):
     right = tmp_path / 'right.so'
     assert os.system(f'{native.find_compiler()} -O2 -shared -fPIC {native.SOURCE} -o {right} -lm') == 0
     assert native._self_check(native.Kernels(ctypes.CDLL(str(right)), right, ['-O2'])) is None
-
-
-def test_planar_blocks_layout():
-    """Block index first, then the leading dims, alias, (real, imaginary), VL frequencies."""
-    z = torch.complex(torch.arange(2 * 3 * 20, dtype=torch.float32), -torch.arange(2 * 3 * 20, dtype=torch.float32))
-    z = z.view(2, 3, 20)
-    blocks = native.planar_blocks(z)
-    vl = native.VECTOR_LENGTH
-    assert blocks.shape == (2, 2, 3, 2, vl)
-    assert torch.equal(blocks[1, 1, 2, 0, :4], z[1, 2, vl:vl + 4].real)
-    assert torch.equal(blocks[1, 1, 2, 1, :4], z[1, 2, vl:vl + 4].imag)
-    assert torch.equal(blocks[1, :, :, :, 4:], torch.zeros(2, 3, 2, vl - 4)), 'padding frequencies are zero'

@@ -610,18 +610,22 @@ class VOneNetActivations(PytorchWrapper):
                 totals[name] /= len(trials)
         return totals
 
+    def _v1_input(self, block, batch: torch.Tensor):
+        """(input, padding) for the VOneBlock's Gabor stage: the whole batch with the block's padding, or,
+        with a V1 window, the crop its units see (output (i, j) reads rows stride * i -+ half) unpadded."""
+        if self.v1_window is None:
+            return batch, None
+        r0, r1, c0, c1 = self.v1_window
+        half, stride = block.config.ksize // 2, block.stride
+        return batch[:, :, r0 * stride - half:(r1 - 1) * stride + half + 1,
+                     c0 * stride - half:(c1 - 1) * stride + half + 1], 0
+
     def _v1_activations(self, digests, batch, layer_names, trials) -> Dict[str, np.ndarray]:
         """The VOneBlock alone: its linear part once per batch, then only the noise per trial."""
         block = self._model.vone_block
         with torch.no_grad():
-            if self.v1_window is None:
-                gabors = block.gabors_f(batch)
-            else:
-                r0, r1, c0, c1 = self.v1_window
-                half, stride = block.config.ksize // 2, block.stride
-                crop = batch[:, :, r0 * stride - half:(r1 - 1) * stride + half + 1,
-                             c0 * stride - half:(c1 - 1) * stride + half + 1]
-                gabors = block.gabors_f(crop, padding=0)
+            crop, padding = self._v1_input(block, batch)
+            gabors = block.gabors_f(crop, padding)
             if not self.stochastic:
                 mean = block.output(block.noise_f(gabors))
             else:
@@ -646,14 +650,7 @@ class VOneNetActivations(PytorchWrapper):
             self._fused_noise_matches(block)
         if self.stochastic and not fused:
             return self._v1_activations(digests, batch, layer_names, trials)
-        if self.v1_window is None:
-            crop, padding = batch, None
-        else:
-            r0, r1, c0, c1 = self.v1_window
-            half, stride = block.config.ksize // 2, block.stride
-            crop = batch[:, :, r0 * stride - half:(r1 - 1) * stride + half + 1,
-                         c0 * stride - half:(c1 - 1) * stride + half + 1]
-            padding = 0
+        crop, padding = self._v1_input(block, batch)
         threads = torch.get_num_threads()
         if self._pool is not None:  # parallel over images in our threads, each torch op single-threaded
             torch.set_num_threads(1)

@@ -105,11 +105,16 @@ def uninstall_offline_data():
         del _replaced[(registry_name, key)]
 
 
+def serves_stimulus_set(name: str) -> bool:
+    """Whether Brain-Score's registry currently loads stimulus set ``name`` with our local loader."""
+    return hasattr(_registries()['stimulus_set_registry'].get(name), _MARK)
+
+
 def is_installed() -> bool:
     """Whether every local loader is currently registered."""
-    registries = _registries()
-    return all(hasattr(registries['stimulus_set_registry'].get(name), _MARK) for name in stimuli.STIMULUS_SET_NAMES) \
-        and all(hasattr(registries['data_registry'].get(name), _MARK) for name in published_data.ASSEMBLY_NAMES)
+    data = _registries()['data_registry']
+    return all(serves_stimulus_set(name) for name in stimuli.STIMULUS_SET_NAMES) \
+        and all(hasattr(data.get(name), _MARK) for name in published_data.ASSEMBLY_NAMES)
 
 
 OPT_OUT_VARIABLE = 'VONENET_BRAINSCORE_V1_DATA'

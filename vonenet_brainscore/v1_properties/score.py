@@ -42,7 +42,8 @@ from torch import nn
 
 from ..brainscore_env import offline_defaults
 from ..errors import BrainModelError, V1MemoryError, VOneNetError
-from .registry import OFFLINE_BENCHMARKS, OPT_OUT_VARIABLE, S3_ONLY_BENCHMARKS, install_offline_data
+from .registry import (OFFLINE_BENCHMARKS, OPT_OUT_VARIABLE, S3_ONLY_BENCHMARKS, install_offline_data,
+                       serves_stimulus_set)
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +139,6 @@ def _set_name(stimuli) -> Optional[str]:
     return placed.group('name') if placed else identifier
 
 
-def _served_by_us(name: str) -> bool:
-    """Whether Brain-Score's registry currently loads stimulus set ``name`` from our generated images."""
-    import brainscore_vision
-    from .registry import _MARK
-    return hasattr(brainscore_vision.stimulus_set_registry.get(name), _MARK)
-
-
 def property_window_for(model, stimuli) -> Optional[tuple]:
     """The V1 window for one V1 recording of ``model`` on ``stimuli``, or None: the per-call decision of
     ``VOneNetBrainModel.look_at`` when Brain-Score's property benchmarks call the model directly.
@@ -167,9 +161,9 @@ def property_window_for(model, stimuli) -> Optional[tuple]:
         return None
     from . import stimuli as generated
     name = _set_name(stimuli)
-    if name in generated.STIMULUS_SET_NAMES and _served_by_us(name):
+    if name in generated.STIMULUS_SET_NAMES and serves_stimulus_set(name):
         return v1_window_for(model)
-    if name == FREEMAN_ZIEMBA_SET and _served_by_us(generated.RECEPTIVE_FIELD):
+    if name == FREEMAN_ZIEMBA_SET and serves_stimulus_set(generated.RECEPTIVE_FIELD):
         positions = {tuple(row) for row in stimuli[['position_y', 'position_x']].to_numpy().tolist()} \
             if {'position_y', 'position_x'} <= set(stimuli.columns) else set()
         if positions == {tuple(STIMULUS_CENTRE_DEG)}:

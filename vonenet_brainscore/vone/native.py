@@ -41,7 +41,6 @@ DISABLE_ENV = 'VONENET_BRAINSCORE_NO_COMPILE'
 # -fno-math-errno only lets sqrtf vectorise (no errno for sqrt of a negative: it returns NaN anyway).
 FLAG_SETS = (['-O3', '-march=native', '-fopenmp', '-fno-math-errno'], ['-O3', '-fopenmp', '-fno-math-errno'],
              ['-O3', '-fno-math-errno'])
-VECTOR_LENGTH = 16  # frequencies per block in planar_blocks' layout
 BUILD_TIMEOUT_S = 300
 
 _c_float_p = ctypes.c_void_p
@@ -348,21 +347,6 @@ def _self_check(kernels: Kernels) -> Optional[str]:
                                                              atol=1e-5 * expected.abs().max().item()):
             return 'the compiled cells disagree with torch'
     return None
-
-
-def planar_blocks(z: torch.Tensor) -> torch.Tensor:
-    """(..., A, K) complex -> (blocks, ..., A, 2, VL) float32: frequencies in blocks of VL (the
-    layout of the earlier frequency-vectorised kernels; kept as a utility).
-
-    K is zero-padded to whole blocks of VL frequencies; real and imaginary parts are planar inside
-    each block, and the block index leads so one block of every image or filter is contiguous.
-    """
-    frequencies = z.shape[-1]
-    padded = -(-frequencies // VECTOR_LENGTH) * VECTOR_LENGTH
-    parts = torch.view_as_real(torch.nn.functional.pad(z, (0, padded - frequencies)).to(torch.complex64))
-    parts = parts.unflatten(-2, (padded // VECTOR_LENGTH, VECTOR_LENGTH))    # (..., A, blocks, VL, 2)
-    dims = parts.dim()
-    return parts.permute(dims - 3, *range(dims - 3), dims - 1, dims - 2).contiguous()
 
 
 _reason: Optional[str] = None
