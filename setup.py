@@ -23,7 +23,7 @@ setup(
     package_dir={'vonenet_brainscore.commitments': 'commitments'},
     include_package_data=True,
     package_data={'vonenet_brainscore.commitments': ['*.json'],
-                  'vonenet_brainscore': ['LICENSE', 'v1_properties/*.json', 'vone/*.c'],
+                  'vonenet_brainscore': ['LICENSE', 'scoring/v1_properties/*.json', 'vone/accel/*.c'],
                   'vonenet_brainscore.submission': ['*.json']},
     # Supported ranges; the exact tested stack is constraints.txt (pip install ... -c constraints.txt).
     install_requires=DEPENDENCIES['INSTALL_REQUIRES'],

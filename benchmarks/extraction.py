@@ -9,6 +9,7 @@ V2, V4 and IT (their committed layers) on a set of images. Stock: Brain-Score's 
 Timings alternate, repeat, and report the median. Target: at least 2.5x, same activations.
 """
 import argparse
+import sys
 import os
 import platform
 import statistics
@@ -26,9 +27,10 @@ from PIL import Image  # noqa: E402
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet  # noqa: E402
 from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper  # noqa: E402
 
-from vonenet_brainscore.brain import brain_model  # noqa: E402
+from vonenet_brainscore.brain.model import brain_model  # noqa: E402
 from vonenet_brainscore.preprocessing import brainscore_preprocessing  # noqa: E402
-from vonenet_brainscore.reference import load_reference  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))  # test support: the original code
+from reference_vonenet import load_reference  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 parser.add_argument('--images', type=int, default=96)

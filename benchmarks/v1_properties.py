@@ -67,9 +67,10 @@ import brainscore_vision  # noqa: E402,F401
 import brainscore_vision.benchmarks.marques2020  # noqa: E402,F401  (the benchmark plugin the run loads)
 from brainscore_vision.benchmark_helpers import screen as brainscore_screen  # noqa: E402
 
-from vonenet_brainscore import extraction, preprocessing  # noqa: E402
-from vonenet_brainscore.v1_properties import screen, stimuli  # noqa: E402
-from vonenet_brainscore.v1_properties.score import score_v1_properties  # noqa: E402
+from vonenet_brainscore import preprocessing  # noqa: E402
+from vonenet_brainscore.brain import extraction  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties import screen, stimuli  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties.score import score_v1_properties  # noqa: E402
 imports_s = time.perf_counter() - _IMPORTS_START
 
 

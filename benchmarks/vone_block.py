@@ -58,10 +58,11 @@ if args.isa == 'avx2' and any(os.environ.get(k) != v for k, v in AVX2_ENVIRONMEN
 import torch  # noqa: E402 (after the re-exec above)
 
 from vonenet_brainscore import VOneBlock  # noqa: E402
-from vonenet_brainscore.reference import load_reference  # noqa: E402
-from vonenet_brainscore.vone import compiled as compiled_module  # noqa: E402
-from vonenet_brainscore.vone import native  # noqa: E402
-from vonenet_brainscore.vone.spectral import fourier_grid  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))  # test support: the original code
+from reference_vonenet import load_reference  # noqa: E402
+from vonenet_brainscore.vone.accel import compiled as compiled_module  # noqa: E402
+from vonenet_brainscore.vone.accel import native  # noqa: E402
+from vonenet_brainscore.vone.accel.spectral import fourier_grid  # noqa: E402
 
 if args.isa == 'avx2':
     native.FLAG_SETS = tuple([*flags, '-mno-avx512f'] if '-march=native' in flags else flags

@@ -1,1 +1,1 @@
-"""Layer-to-region commitments, one JSON file per model; read by vonenet_brainscore.commitments_io."""
+"""Layer-to-region commitments, one JSON file per model; read by vonenet_brainscore.brain.commitments."""

@@ -107,9 +107,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
 
     from brainscore_core.supported_data_standards.brainio.assemblies import NeuronRecordingAssembly
-    from vonenet_brainscore.brain import brain_model
-    from vonenet_brainscore.mapping import extract_features
-    from vonenet_brainscore.recordings import load_recordings, load_stimuli, save_recordings, save_stimuli_csv
+    from vonenet_brainscore.brain.model import brain_model
+    from vonenet_brainscore.scoring.mapping import extract_features
+    from vonenet_brainscore.scoring.recordings import load_recordings, load_stimuli, save_recordings, save_stimuli_csv
 
     started = time.time()
     rng = np.random.default_rng(args.seed)

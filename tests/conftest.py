@@ -21,5 +21,5 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope='session')
 def reference():
-    from vonenet_brainscore.reference import load_reference
+    from reference_vonenet import load_reference
     return load_reference()

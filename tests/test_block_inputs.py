@@ -17,7 +17,7 @@ import torch
 
 import vonenet_brainscore
 from vonenet_brainscore import VOneBlock, build_vonenet
-from vonenet_brainscore.vone import native
+from vonenet_brainscore.vone.accel import native
 from vonenet_brainscore.vone.block import METHODS
 
 COMPILED = pytest.param('compiled', marks=pytest.mark.skipif(native.find_compiler() is None,
@@ -32,8 +32,8 @@ CHILD = textwrap.dedent('''
     import torch
     import vonenet_brainscore
     from vonenet_brainscore import VOneBlock, get_model
-    from vonenet_brainscore.vone import native
-    from vonenet_brainscore.vone.compiled import CompiledCells
+    from vonenet_brainscore.vone.accel import native
+    from vonenet_brainscore.vone.accel.compiled import CompiledCells
 
     torch.set_num_threads(1)
     cases = {

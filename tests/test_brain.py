@@ -9,9 +9,9 @@ from PIL import Image
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 from brainscore_vision.model_interface import BrainModel
 
-from vonenet_brainscore.brain import IDENTIFIERS, brain_model, nearest_step, region_layer_map
-from vonenet_brainscore.commitments_io import load_commitment
-from vonenet_brainscore.extraction import image_digest
+from vonenet_brainscore.brain.model import IDENTIFIERS, brain_model, nearest_step, region_layer_map
+from vonenet_brainscore.brain.commitments import load_commitment
+from vonenet_brainscore.brain.extraction import image_digest
 from vonenet_brainscore.errors import CommitmentError, StimulusError, UnknownModelError, WeightsUnavailableError
 from vonenet_brainscore.preprocessing import brainscore_preprocessing
 
@@ -285,7 +285,7 @@ def test_old_hyphenated_identifier_names_its_replacement(old, new):
 
 
 def test_identifiers_have_no_hyphen_and_follow_one_rule():
-    from vonenet_brainscore.zoo import CATALOGUE
+    from vonenet_brainscore.published.catalogue import CATALOGUE
     assert IDENTIFIERS, 'no identifiers'
     assert not [identifier for identifier in IDENTIFIERS if '-' in identifier]
     expected = {f'vonenet_{name}' for name in CATALOGUE} | {f'vonenet_{name}_nonoise' for name in CATALOGUE}
@@ -355,7 +355,7 @@ def test_v1_fast_path_equals_the_full_forward_with_noise(stimuli):
 
 def test_public_api_exposes_the_brain_model_functions():
     import vonenet_brainscore as vb
-    from vonenet_brainscore import brain
+    from vonenet_brainscore.brain import model as brain
     assert vb.brain_model is brain.brain_model and vb.list_identifiers() == list(IDENTIFIERS)
     with pytest.raises(AttributeError, match='no attribute'):
         vb.not_a_function

@@ -19,7 +19,7 @@ import pytest
 from published_checkpoint import published_checkpoint
 from scoring_machine import make_scoring_machine
 from vonenet_brainscore import cli
-from vonenet_brainscore.plugin_tools import PLUGIN_NAME
+from vonenet_brainscore.brain.plugin import PLUGIN_NAME
 from vonenet_brainscore.submission import render_plugin
 
 UNREACHABLE = 'http://127.0.0.1:9/'
@@ -201,11 +201,11 @@ def test_the_window_is_a_per_call_decision_with_the_full_maps_values():
     """A V1 recording of one of our placed Marques2020 sets records the window (the full map's values at
     those units) and leaves no window set; any other set records the full map."""
     from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
-    from vonenet_brainscore.brain import brain_model
+    from vonenet_brainscore.brain.model import brain_model
     from vonenet_brainscore.errors import BrainModelError
-    from vonenet_brainscore.v1_properties import stimuli
-    from vonenet_brainscore.v1_properties.registry import install_offline_data, uninstall_offline_data
-    from vonenet_brainscore.v1_properties.score import property_window_for, v1_window_for
+    from vonenet_brainscore.scoring.v1_properties import stimuli
+    from vonenet_brainscore.scoring.v1_properties.registry import install_offline_data, uninstall_offline_data
+    from vonenet_brainscore.scoring.v1_properties.score import property_window_for, v1_window_for
 
     model = brain_model(IDENTIFIER, pretrained=False, batch_size=4)
     rng = np.random.default_rng(0)

@@ -43,14 +43,14 @@ def tripwire(monkeypatch):
     """Every expensive step of every verb raises WorkStarted."""
     def refuse(*args, **kwargs):
         raise WorkStarted('the work started before the arguments were checked')
-    import vonenet_brainscore.imagenet as imagenet
-    import vonenet_brainscore.zoo as zoo
+    import vonenet_brainscore.training.imagenet as imagenet
+    import vonenet_brainscore.published.catalogue as zoo
     monkeypatch.setattr(zoo, 'get_model', refuse)
     monkeypatch.setattr(imagenet, 'train', refuse)
     monkeypatch.setattr(imagenet, 'validate', refuse)
-    from vonenet_brainscore.v1_properties import score
+    from vonenet_brainscore.scoring.v1_properties import score
     monkeypatch.setattr(score, 'score_v1_properties', refuse)
-    import vonenet_brainscore.mapping as mapping
+    import vonenet_brainscore.scoring.mapping as mapping
     monkeypatch.setattr(mapping, 'map_layers', refuse)
 
 
@@ -224,7 +224,7 @@ def test_validate_into_an_existing_folder_fails_before_validating(folder, tmp_pa
 
 def _tiny_recordings(folder):
     from brainscore_core.supported_data_standards.brainio.assemblies import NeuronRecordingAssembly
-    from vonenet_brainscore.recordings import save_recordings
+    from vonenet_brainscore.scoring.recordings import save_recordings
     rng = np.random.default_rng(0)
     stimuli = folder / 'stimuli'
     stimuli.mkdir()

@@ -29,4 +29,4 @@ def test_the_package_imports_torch_only_when_a_model_is_asked_for():
              'vb.VOneBlock\nprint("torch" in sys.modules)\nprint(vb.get_model.__module__, vb.__version__)')
     done = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ['False', 'True', 'vonenet_brainscore.zoo', '0.1.0']
+    assert done.stdout.split() == ['False', 'True', 'vonenet_brainscore.published.catalogue', '0.1.0']

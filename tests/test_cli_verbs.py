@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / 'examples'
 
 
 def test_models_lists_every_published_model_and_its_cache_state(isolated_cache, capsys):
-    from vonenet_brainscore.zoo import CATALOGUE
+    from vonenet_brainscore.published.catalogue import CATALOGUE
     (isolated_cache / 'weights').mkdir(parents=True)
     (isolated_cache / 'weights' / 'vonealexnet_e70.pth.tar').write_bytes(b'placed by hand')
     assert cli.main(['models']) == 0

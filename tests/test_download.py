@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vonenet_brainscore import download
-from vonenet_brainscore.download import download_file
+from vonenet_brainscore.published import download
+from vonenet_brainscore.published.download import download_file
 from vonenet_brainscore.errors import VOneNetError, WeightsUnavailableError
 
 
@@ -156,7 +156,7 @@ import sys, types
 package = types.ModuleType('vonenet_brainscore')
 package.__path__ = [package_dir]
 sys.modules['vonenet_brainscore'] = package
-from vonenet_brainscore.download import download_file
+from vonenet_brainscore.published.download import download_file
 download_file(url, destination, progress=False)
 """
 
@@ -288,7 +288,7 @@ def test_two_processes_download_once(server, home):
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    names = {'package_dir': str(Path(download.__file__).parent), 'url': url,
+    names = {'package_dir': str(Path(download.__file__).parent.parent), 'url': url,
              'destination': str(destination)}
     child = multiprocessing.get_context('spawn').Process(target=exec, args=(CHILD_DOWNLOAD, names))
     child.start()
@@ -365,7 +365,7 @@ def test_cache_dir_honours_home_then_xdg_then_user_cache(tmp_path, monkeypatch):
 def test_import_creates_no_directories(tmp_path, monkeypatch):
     monkeypatch.setenv(download.HOME_ENV, str(tmp_path / 'cache'))
     # execute the module afresh under another name, leaving the imported one untouched
-    spec = importlib.util.spec_from_file_location('vonenet_brainscore._download_fresh_copy', download.__file__)
+    spec = importlib.util.spec_from_file_location('vonenet_brainscore.published._download_fresh_copy', download.__file__)
     fresh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fresh)
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from vonenet_brainscore import CheckpointError, VOneNetError, WeightsUnavailableError, build_vonenet, get_model
-from vonenet_brainscore import download
-from vonenet_brainscore.download import download_file
-from vonenet_brainscore.zoo import model_record
+from vonenet_brainscore.published import download
+from vonenet_brainscore.published.download import download_file
+from vonenet_brainscore.published.catalogue import model_record
 
 HTML = (b'<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n'
         b'<body><form action="/login">Your session has expired</form></body></html>\n')
@@ -438,7 +438,7 @@ def test_waiting_message_reaches_stderr_without_any_logging_setup(server, home, 
     destination = home / 'weights' / 'w.pth.tar'
     destination.parent.mkdir(parents=True)
     holder = lock_holder(destination)
-    code = ('import sys; from vonenet_brainscore.download import download_file; '
+    code = ('import sys; from vonenet_brainscore.published.download import download_file; '
             'download_file(sys.argv[1], sys.argv[2], progress=False, wait_timeout=60)')
     child = subprocess.Popen([sys.executable, '-c', code, server.url('w'), str(destination)],
                              stderr=subprocess.PIPE, text=True)
@@ -533,9 +533,9 @@ def test_part_files_are_left_alone_while_another_process_holds_the_lock(home, lo
 def test_a_killed_download_leaves_a_part_file_that_the_next_one_removes(server, home):
     server.routes['/slow'] = trickle(server, interval=0.01)
     destination = home / 'weights' / 'w.pth.tar'
-    names = {'package_dir': str(Path(download.__file__).parent.parent), 'url': server.url('slow'),
+    names = {'package_dir': str(Path(download.__file__).parent.parent.parent), 'url': server.url('slow'),
              'destination': str(destination)}
-    code = ("import sys; sys.path.insert(0, {package_dir!r}); from vonenet_brainscore.download import "
+    code = ("import sys; sys.path.insert(0, {package_dir!r}); from vonenet_brainscore.published.download import "
             "download_file; download_file({url!r}, {destination!r}, progress=False)").format(**names)
     child = subprocess.Popen([sys.executable, '-c', code])
     try:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vonenet_brainscore import VOneBlock
-from vonenet_brainscore.vone import native
+from vonenet_brainscore.vone.accel import native
 
 TOLERANCE = 1e-5  # of the output's maximum
 
@@ -68,7 +68,7 @@ def test_fourier_methods_pair_odd_filter_counts(method, odd_channels):
 
 @pytest.mark.parametrize('size, padding', [(224, 12), (69, 0), (57, 3), (7, 12), (100, 0)])
 def test_spectral_handles_any_input_size_and_padding(size, padding):
-    from vonenet_brainscore.vone.spectral import SpectralGabors
+    from vonenet_brainscore.vone.accel.spectral import SpectralGabors
     block = VOneBlock(noise_mode=None, simple_channels=16, complex_channels=16)
     q0, q1 = block.simple_conv_q0.weight.detach(), block.simple_conv_q1.weight.detach()
     spectral = SpectralGabors(q0, q1, 16, 4, 12, images_per_pass=2, pairs_per_pass=5)
@@ -84,7 +84,7 @@ def test_spectral_handles_any_input_size_and_padding(size, padding):
 @pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
 @pytest.mark.parametrize('size, padding', [(224, 12), (69, 0), (57, 3), (7, 12), (100, 0)])
 def test_compiled_cells_handle_any_input_size_and_padding(size, padding):
-    from vonenet_brainscore.vone.compiled import CompiledCells
+    from vonenet_brainscore.vone.accel.compiled import CompiledCells
     block = VOneBlock(noise_mode=None, simple_channels=10, complex_channels=9)
     q0, q1 = block.simple_conv_q0.weight.detach(), block.simple_conv_q1.weight.detach()
     compiled = CompiledCells(q0, q1, 10, 4, 12, native.kernels(), images_per_call=2)
@@ -314,7 +314,7 @@ BUILDS = {
 def test_every_build_of_the_kernels_is_exact(tmp_path, build):
     """Each instruction set has its own vector width and register blocking: each must give the
     original's cells (published size, batches that fill and do not fill a register block)."""
-    from vonenet_brainscore.vone.compiled import CompiledCells
+    from vonenet_brainscore.vone.accel.compiled import CompiledCells
     if build == 'avx2' and not _x86():
         pytest.skip('AVX2 is x86')
     kernels = _build_kernels(tmp_path, BUILDS[build])
@@ -352,7 +352,7 @@ def test_compiled_results_do_not_depend_on_the_thread_count():
 
 
 def test_the_thread_policy_leaves_cpus_that_others_keep_busy(monkeypatch):
-    from vonenet_brainscore.vone import compiled
+    from vonenet_brainscore.vone.accel import compiled
     policy = compiled.ThreadPolicy(window_s=0.0)
     if policy._busy_ticks() is None:
         assert policy.threads(4) == 4, 'without /proc/stat it uses what torch uses'

@@ -13,11 +13,11 @@ from PIL import Image
 
 from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly, NeuronRecordingAssembly
 
-from vonenet_brainscore.brain import brain_model
+from vonenet_brainscore.brain.model import brain_model
 from vonenet_brainscore.errors import CommitmentError, DataError
-from vonenet_brainscore.mapping import CountSketch, map_layers, principal_components
-from vonenet_brainscore.predictivity import neural_benchmark, score_activations, score_layer
-from vonenet_brainscore.recordings import assemble, load_stimuli, save_stimuli_csv
+from vonenet_brainscore.scoring.mapping import CountSketch, map_layers, principal_components
+from vonenet_brainscore.scoring.predictivity import neural_benchmark, score_activations, score_layer
+from vonenet_brainscore.scoring.recordings import assemble, load_stimuli, save_stimuli_csv
 
 IMAGES = 80
 LAYERS = ['vone_block', 'model.layer1.0', 'model.layer2.0', 'model.layer3.0']

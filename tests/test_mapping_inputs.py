@@ -16,8 +16,8 @@ from PIL import Image
 from brainscore_core.supported_data_standards.brainio.assemblies import NeuronRecordingAssembly
 
 from vonenet_brainscore.cli import main
-from vonenet_brainscore.mapping import LayerMapping
-from vonenet_brainscore.recordings import save_recordings
+from vonenet_brainscore.scoring.mapping import LayerMapping
+from vonenet_brainscore.scoring.recordings import save_recordings
 
 LAYERS = ['vone_block', 'model.layer1.0', 'model.layer2.0']
 IT, V4 = 'rec.IT-pls', 'rec.V4-pls'

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vonenet_brainscore import VOneBlock
-from vonenet_brainscore.vone import native
+from vonenet_brainscore.vone.accel import native
 
 needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
 

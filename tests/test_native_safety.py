@@ -20,7 +20,7 @@ import torch
 
 import vonenet_brainscore
 from vonenet_brainscore import VOneBlock
-from vonenet_brainscore.vone import native
+from vonenet_brainscore.vone.accel import native
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason='no C compiler to build the kernels')
 
@@ -127,7 +127,7 @@ READ_ONLY_CHILD = textwrap.dedent('''
     import torch
     import vonenet_brainscore
     from vonenet_brainscore import VOneBlock
-    from vonenet_brainscore.vone import native
+    from vonenet_brainscore.vone.accel import native
     block = VOneBlock(noise_mode=None, image_size=96, simple_channels=8, complex_channels=8).eval()
     images = torch.rand(2, 3, 96, 96)
     with warnings.catch_warnings(record=True) as caught:

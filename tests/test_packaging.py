@@ -4,7 +4,7 @@ import pytest
 
 from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper
 
-from vonenet_brainscore.brain import brain_model
+from vonenet_brainscore.brain.model import brain_model
 
 
 @pytest.fixture(scope='module')

@@ -15,11 +15,12 @@ import pytest
 
 from published_checkpoint import published_checkpoint
 from scoring_machine import copy_generic_plugin_tests, make_scoring_machine
-from vonenet_brainscore import cli, plugin_tools
-from vonenet_brainscore.commitments_io import load_commitment
+from vonenet_brainscore import cli
+from vonenet_brainscore.brain import plugin as plugin_tools
+from vonenet_brainscore.brain.commitments import load_commitment
 from vonenet_brainscore.errors import UnknownModelError, WeightsUnavailableError
-from vonenet_brainscore.identifiers import IDENTIFIERS
-from vonenet_brainscore.plugin_tools import (MARKER_NAME, PLUGIN_NAME, PluginConflictError, PluginError,
+from vonenet_brainscore.published.naming import IDENTIFIERS
+from vonenet_brainscore.brain.plugin import (MARKER_NAME, PLUGIN_NAME, PluginConflictError, PluginError,
                                              install_plugin, is_current, is_installed, uninstall_plugin)
 from vonenet_brainscore.submission import render_plugin
 
@@ -77,10 +78,10 @@ def test_init_registers_each_identifier_once_literally_single_quoted(carry_code)
 def test_local_plugin_imports_the_installed_package_and_submitted_one_its_own_copy():
     local = render_plugin(['vonenet_resnet50'], carry_code=False)
     carried = render_plugin(['vonenet_resnet50'], carry_code=True)
-    assert b'from vonenet_brainscore.brain import brain_model' in local['model.py']
-    assert b'from .vonenet_brainscore.brain import brain_model' in carried['model.py']
+    assert b'from vonenet_brainscore.brain.model import brain_model' in local['model.py']
+    assert b'from .vonenet_brainscore.brain.model import brain_model' in carried['model.py']
     assert not [name for name in local if name.startswith('vonenet_brainscore/')]
-    assert 'vonenet_brainscore/brain.py' in carried and 'LICENSE' in carried
+    assert 'vonenet_brainscore/brain/model.py' in carried and 'LICENSE' in carried
     assert b'GNU GENERAL PUBLIC LICENSE' in carried['LICENSE'] and b'Version 3' in carried['LICENSE']
     assert 'requirements.txt' not in local  # its requirement is the installed package itself
     for files in (local, carried):

@@ -80,7 +80,7 @@ def test_the_alternative_map_is_brainscores_bundled_voneresnet50_map():
 # --- downloads -----------------------------------------------------------------------------------------
 def test_download_limits_are_the_readme_defaults():
     import inspect
-    from vonenet_brainscore import download
+    from vonenet_brainscore.published import download
     defaults = {name: parameter.default for name, parameter in inspect.signature(download.download_file).parameters.items()}
     assert defaults['stall_timeout'] == 60           # no progress for 60 s
     assert defaults['total_timeout'] == 2 * 3600     # 2 h in all
@@ -155,7 +155,7 @@ def test_mapping_reduces_layers_to_1000_components_by_default():
     """README: layers with many features are reduced to 1000 principal components, as Brain-Score's
     layer selection does."""
     import inspect
-    from vonenet_brainscore import mapping
+    from vonenet_brainscore.scoring import mapping
     for function in (mapping.map_layers, mapping.extract_features):
         assert inspect.signature(function).parameters['n_components'].default == 1000
     features = np.random.default_rng(0).normal(size=(1200, 1500)).astype(np.float32)
@@ -166,7 +166,7 @@ def test_mapping_reduces_layers_to_1000_components_by_default():
 def test_training_uses_the_original_augmentation():
     """README: training uses random resized crops and horizontal flips, at 224 px, normalised with 0.5."""
     from torchvision import transforms
-    from vonenet_brainscore.imagenet import training_transform
+    from vonenet_brainscore.training.imagenet import training_transform
     steps = training_transform().transforms
     assert [type(step) for step in steps] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip,
                                               transforms.ToTensor, transforms.Normalize]

@@ -8,7 +8,7 @@ from PIL import Image
 from brainscore_core.supported_data_standards.brainio.assemblies import NeuronRecordingAssembly
 
 from vonenet_brainscore.errors import DataError, StimulusError
-from vonenet_brainscore.recordings import load_recordings, load_stimuli, save_recordings, save_stimuli_csv
+from vonenet_brainscore.scoring.recordings import load_recordings, load_stimuli, save_recordings, save_stimuli_csv
 
 
 def _images(folder, n, seed=0):

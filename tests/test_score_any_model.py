@@ -18,7 +18,7 @@ import pytest
 
 from vonenet_brainscore import cli
 from vonenet_brainscore.errors import BrainModelError, V1MemoryError
-from vonenet_brainscore.v1_properties.score import (RECEPTIVE_FIELD_IMAGES, BenchmarkResult, check_memory,
+from vonenet_brainscore.scoring.v1_properties.score import (RECEPTIVE_FIELD_IMAGES, BenchmarkResult, check_memory,
                                                     load_brain_model, plan_v1_run)
 
 BENCHMARK = 'Marques2020_DeValois1982-pref_or'
@@ -91,7 +91,7 @@ def test_a_foreign_model_without_a_region_map_needs_a_layer(capsys):
 
 
 def test_side_by_side_figure_draws_every_model(tmp_path):
-    from vonenet_brainscore.v1_properties.figures import plot_properties
+    from vonenet_brainscore.scoring.v1_properties.figures import plot_properties
     bins = np.array([0.5, 1, 2, 4, 8])
 
     def result(name, values):

@@ -14,7 +14,7 @@ from PIL import Image
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper
 
-from vonenet_brainscore.brain import brain_model
+from vonenet_brainscore.brain.model import brain_model
 from vonenet_brainscore.errors import StimulusError
 
 LAYER = 'vone_block'

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 
 from vonenet_brainscore import cli
 from vonenet_brainscore.errors import SubmissionError
-from vonenet_brainscore.identifiers import IDENTIFIERS
+from vonenet_brainscore.published.naming import IDENTIFIERS
 from vonenet_brainscore.submission import build_all_submissions, build_submission, check_submission, load_taken_names
 from vonenet_brainscore.submission.vendoring import module_closure, vendored_code
 from vonenet_brainscore.submission.website import collect_brainscore_names
@@ -53,8 +53,8 @@ def test_one_zip_per_model_with_the_website_layout(built):
         assert folder in content, f'no folder entry for {folder}'
     files = {name[len(PLUGIN):] for name, data in content.items() if data is not None}
     assert {'__init__.py', 'test.py', 'model.py', 'requirements.txt', 'LICENSE',
-            'region_layer_map/vonenet_resnet50.json', 'vonenet_brainscore/brain.py',
-            'vonenet_brainscore/commitments/resnet50.json', 'vonenet_brainscore/vone/kernels.c'} <= files
+            'region_layer_map/vonenet_resnet50.json', 'vonenet_brainscore/brain/model.py',
+            'vonenet_brainscore/commitments/resnet50.json', 'vonenet_brainscore/vone/accel/kernels.c'} <= files
     assert not [n for n in names if ' ' in n or 'metadata.y' in n or '__pycache__' in n or n.endswith('.pyc')]
     assert os.path.getsize(built) < 1 * 1024 * 1024  # code only: far below the 50 MB limit
     assert check_submission(built) == []
@@ -63,9 +63,9 @@ def test_one_zip_per_model_with_the_website_layout(built):
 def test_the_zip_carries_the_import_closure_of_the_brain_model_generated_from_the_package(built):
     content = entries(built)
     modules, third_party = module_closure()
-    assert {'brain', 'extraction', 'zoo', 'download', 'weights', 'vone.block', 'vone.native', 'backends.resnet'} <= \
-        set(modules)
-    assert not {'cli', 'imagenet', 'mapping', 'robustness'} & set(modules)  # what brain models do not need
+    assert {'brain.model', 'brain.extraction', 'published.catalogue', 'published.download', 'published.checkpoints',
+            'vone.block', 'vone.accel.native', 'backends.resnet'} <= set(modules)
+    assert not {'cli', 'training', 'scoring.mapping', 'robustness'} & set(modules)  # what brain models do not need
     package_dir = Path(__import__('vonenet_brainscore').__file__).parent
     for relative, source in vendored_code().files.items():
         assert content[PLUGIN + 'vonenet_brainscore/' + relative] == source.read_bytes(), relative

@@ -18,7 +18,7 @@ import brainscore_vision  # noqa: E402
 from brainscore_vision.metrics.distribution_similarity import NeuronalPropertyCeiling  # noqa: E402
 
 from vonenet_brainscore.errors import DataError, VOneNetError  # noqa: E402
-from vonenet_brainscore.v1_properties import (  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties import (  # noqa: E402
     S3_ONLY_BENCHMARKS, benchmark_ids, install_offline_data, is_installed, published_assembly, stimuli,
     uninstall_offline_data)
 

@@ -27,14 +27,15 @@ from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 from brainscore_vision.benchmark_helpers import properties_common  # noqa: E402
 from brainscore_vision.benchmark_helpers import screen as brainscore_screen  # noqa: E402
 
-from vonenet_brainscore import build_vonenet, extraction  # noqa: E402
-from vonenet_brainscore.brain import VOneNetBrainModel  # noqa: E402
-from vonenet_brainscore.commitments_io import load_commitment  # noqa: E402
+from vonenet_brainscore import build_vonenet  # noqa: E402
+from vonenet_brainscore.brain import extraction  # noqa: E402
+from vonenet_brainscore.brain.model import VOneNetBrainModel  # noqa: E402
+from vonenet_brainscore.brain.commitments import load_commitment  # noqa: E402
 from vonenet_brainscore.errors import StimulusError  # noqa: E402
-from vonenet_brainscore.extraction import VOneNetActivations, image_digest  # noqa: E402
+from vonenet_brainscore.brain.extraction import VOneNetActivations, image_digest  # noqa: E402
 from vonenet_brainscore.preprocessing import brainscore_preprocessing  # noqa: E402
-from vonenet_brainscore.v1_properties import screen, stimuli  # noqa: E402
-from vonenet_brainscore.v1_properties.score import fast_scoring, v1_window_for  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties import screen, stimuli  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties.score import fast_scoring, v1_window_for  # noqa: E402
 
 TARGET_DEGREES = 8  # the VOneNets' commitment
 
@@ -309,16 +310,16 @@ SCORE = textwrap.dedent('''
         return rates
     properties_common.filter_receptive_fields, properties_common.get_firing_rates = observed_filter, observed_rates
 
-    from vonenet_brainscore.v1_properties.score import score_brain_model, score_v1_properties, v1_window_for
+    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model, score_v1_properties, v1_window_for
     benchmarks, fast, model_name = sys.argv[1].split(','), sys.argv[2] == 'fast', sys.argv[3]
     if not fast:  # today's path is many small torch operations, which other processes slow down most
         import torch  # on several threads; the thread count changes no value (tested in this file)
         torch.set_num_threads(1)
     if model_name == 'tiny':
         from vonenet_brainscore import build_vonenet
-        from vonenet_brainscore.brain import VOneNetBrainModel
-        from vonenet_brainscore.commitments_io import load_commitment
-        from vonenet_brainscore.extraction import VOneNetActivations
+        from vonenet_brainscore.brain.model import VOneNetBrainModel
+        from vonenet_brainscore.brain.commitments import load_commitment
+        from vonenet_brainscore.brain.extraction import VOneNetActivations
         from vonenet_brainscore.preprocessing import brainscore_preprocessing
         network = build_vonenet(None, simple_channels=16, complex_channels=16, noise_mode='neuronal')
         activations = VOneNetActivations(network, identifier='tiny-vone-noise',
@@ -382,8 +383,8 @@ def test_published_model_scores_the_same_on_both_paths(tmp_path):
 
 
 def test_a_windowed_v1_run_gives_back_the_stages_it_never_computes():
-    from vonenet_brainscore.v1_properties.score import ReleasedStage, _release_unused_stages
-    from vonenet_brainscore.zoo import get_model
+    from vonenet_brainscore.scoring.v1_properties.score import ReleasedStage, _release_unused_stages
+    from vonenet_brainscore.published.catalogue import get_model
     network = get_model('resnet50', pretrained=False)
     names = [name for name, _ in network.named_children()]
     block = network.vone_block

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from vonenet_brainscore.errors import VOneNetError
-from vonenet_brainscore.v1_properties.figures import plot_property, property_histograms
-from vonenet_brainscore.v1_properties.registry import OFFLINE_BENCHMARKS
-from vonenet_brainscore.v1_properties.score import (STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, BenchmarkResult,
+from vonenet_brainscore.scoring.v1_properties.figures import plot_property, property_histograms
+from vonenet_brainscore.scoring.v1_properties.registry import OFFLINE_BENCHMARKS
+from vonenet_brainscore.scoring.v1_properties.score import (STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, BenchmarkResult,
                                                     resolve_benchmarks)
 from vonenet_brainscore.vone import VOneBlock
 
@@ -59,11 +59,11 @@ SCORE_TINY = textwrap.dedent('''
     import json, sys
     import numpy as np
     from vonenet_brainscore import build_vonenet
-    from vonenet_brainscore.brain import VOneNetBrainModel
-    from vonenet_brainscore.commitments_io import load_commitment
-    from vonenet_brainscore.extraction import VOneNetActivations
+    from vonenet_brainscore.brain.model import VOneNetBrainModel
+    from vonenet_brainscore.brain.commitments import load_commitment
+    from vonenet_brainscore.brain.extraction import VOneNetActivations
     from vonenet_brainscore.preprocessing import brainscore_preprocessing
-    from vonenet_brainscore.v1_properties.score import score_brain_model, v1_window_for
+    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model, v1_window_for
 
     network = build_vonenet(None, simple_channels=8, complex_channels=8, noise_mode=None)
     # Same Gabor arithmetic in both pipelines (the crops use 'grouped'): the benchmark's neuron
@@ -122,7 +122,7 @@ SCORE_PUBLISHED_BLOCK = textwrap.dedent('''
 
     benchmarks = sys.argv[1].split(',')
     if sys.argv[2] == 'ours':  # the main job's route (V1 window, in-memory screen, our extractor)
-        from vonenet_brainscore.v1_properties.score import score_v1_properties
+        from vonenet_brainscore.scoring.v1_properties.score import score_v1_properties
         results = score_v1_properties('vonenet_resnet50_nonoise', benchmarks, pretrained=False, progress=False)
         json.dump([r.as_dict() for r in results], sys.stdout)
         sys.exit()
@@ -134,7 +134,7 @@ SCORE_PUBLISHED_BLOCK = textwrap.dedent('''
     from brainscore_vision.model_helpers.brain_transformation import ModelCommitment
     from vonenet_brainscore import get_model
     from vonenet_brainscore.preprocessing import brainscore_preprocessing
-    from vonenet_brainscore.v1_properties.score import STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, score_brain_model
+    from vonenet_brainscore.scoring.v1_properties.score import STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, score_brain_model
 
     class WindowOfV1(nn.Module):
         """The VOneBlock's units at output rows r0:r1, columns c0:c1 of its 56 x 56 map: with stride
@@ -205,7 +205,7 @@ def test_without_weights_the_v1_score_falls_back_only_when_v1_is_the_voneblock(m
     """V1 = the fixed, seeded VOneBlock: its scores cannot depend on the back-end, so the untrained one is
     used, tagged and announced. A back-end layer as V1 would depend on it: then missing weights are an error."""
     from vonenet_brainscore.errors import CheckpointError, WeightsUnavailableError
-    from vonenet_brainscore.v1_properties.score import score_v1_properties
+    from vonenet_brainscore.scoring.v1_properties.score import score_v1_properties
     monkeypatch.setenv('VONENET_BRAINSCORE_MIRROR', 'http://127.0.0.1:9/')
     with pytest.raises(WeightsUnavailableError, match='voneresnet50_e70.pth.tar'):
         score_v1_properties('vonenet_resnet50', ['v1-properties'], layer='model.layer2', progress=False)

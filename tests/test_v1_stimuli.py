@@ -19,7 +19,7 @@ import xarray as xr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vonenet_brainscore.errors import StimulusError  # noqa: E402
-from vonenet_brainscore.v1_properties import stimuli  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties import stimuli  # noqa: E402
 
 # --- facts from marques_gen_stim.py -------------------------------------------------------------
 DEGREES, SIZE_PX, BLANK_PX = 12, 672, 448

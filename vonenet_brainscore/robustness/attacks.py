@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import VOneNetError
-from ..vone.noise_control import derive_seed, noise_blocks, seeded_noise  # noqa: F401 (re-exported)
+from ..vone.noise import derive_seed, noise_blocks, seeded_noise  # noqa: F401 (re-exported)
 
 LOG = logging.getLogger(__name__)
 

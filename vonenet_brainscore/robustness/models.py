@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..preprocessing import MEAN as VONENET_MEAN, STD as VONENET_STD
-from ..weights import normalise_state_dict
+from ..published.checkpoints import normalise_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,7 +27,7 @@ SUBMISSION_ROOT = 'submission'
 def build_submission(model: str, out_zip) -> Path:
     """Write the upload zip for one brain model (``vonenet_resnet50``, or a catalogue name such as
     ``resnet50``) and return its path. The zip is checked with the website's rules before it is kept."""
-    from ..identifiers import resolve
+    from ..published.naming import resolve
     identifier = resolve(model)
     out_zip = checked_destination(out_zip)
     # built and checked beside its destination, then renamed: a zip that breaks the rules never
@@ -48,7 +48,7 @@ def build_submission(model: str, out_zip) -> Path:
 
 def build_all_submissions(folder) -> List[Path]:
     """One zip per brain-model identifier, ``<folder>/<identifier>.zip``."""
-    from ..identifiers import list_identifiers
+    from ..published.naming import list_identifiers
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SubmissionError(f"--all {folder}: it is a file; give a folder to write one zip per model into")

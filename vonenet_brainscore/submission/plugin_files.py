@@ -55,8 +55,8 @@ _LOCAL_DATA = '''
 # Local install only (a submission zip never carries this): the seven offline Marques2020 benchmarks
 # load their rebuilt data and generated stimuli through Brain-Score's own registries. Done here, not in
 # a data plugin of ours, because Brain-Score asserts that exactly one data plugin folder registers each
-# identifier (see vonenet_brainscore.v1_properties.registry.register_for_local_plugin).
-from {package}.v1_properties.registry import register_for_local_plugin
+# identifier (see vonenet_brainscore.scoring.v1_properties.registry.register_for_local_plugin).
+from {package}.scoring.v1_properties.registry import register_for_local_plugin
 
 register_for_local_plugin()
 '''
@@ -76,7 +76,7 @@ def _check(name):
 def build_brain_model(name):
     """The BrainModel with the published weights (downloaded once into the vonenet-brainscore cache)."""
     _check(name)
-    from {package}.brain import brain_model
+    from {package}.brain.model import brain_model
     return brain_model(name)
 
 
@@ -148,8 +148,8 @@ def _version() -> str:
 
 
 def _summary(identifiers: Sequence[str]) -> str:
-    from ..identifiers import spec
-    from ..zoo import model_record
+    from ..published.naming import spec
+    from ..published.catalogue import model_record
     if len(identifiers) == 1:
         model_spec = spec(identifiers[0])
         noise = '' if model_spec.noise else ', VOneBlock noise off'
@@ -171,8 +171,8 @@ def requirements_text(third_party: Sequence[str]) -> str:
 
 def region_layer_maps(identifiers: Sequence[str]) -> Dict[str, str]:
     """``{identifier: JSON text}`` of each brain model's committed region -> layer map (from commitments/)."""
-    from ..commitments_io import load_commitment
-    from ..identifiers import spec
+    from ..brain.commitments import load_commitment
+    from ..published.naming import spec
     return {identifier: json.dumps(dict(load_commitment(spec(identifier).model).region_layers), indent=2) + '\n'
             for identifier in identifiers}
 
@@ -183,8 +183,8 @@ def render_plugin(identifiers: Sequence[str], *, carry_code: bool) -> Dict[str, 
     ``carry_code=True`` (a submission) copies the package's code in and imports it relatively;
     ``False`` (a local install) imports the installed package.
     """
-    from ..commitments_io import load_commitment
-    from ..identifiers import spec
+    from ..brain.commitments import load_commitment
+    from ..published.naming import spec
     identifiers = [spec(identifier).identifier for identifier in identifiers]  # unknown/old names raise here
     if not identifiers or len(set(identifiers)) != len(identifiers):
         raise SubmissionError(f"a plugin needs distinct identifiers, got {identifiers}")

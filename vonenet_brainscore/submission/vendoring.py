@@ -17,7 +17,7 @@ from typing import Dict, List, Set, Tuple
 
 PACKAGE = __package__.rsplit('.', 1)[0]
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-ROOT_MODULES = ('brain',)
+ROOT_MODULES = ('brain.model',)
 """What a plugin imports; everything else it carries follows from these."""
 
 DATA_SUFFIXES = ('.json', '.c')

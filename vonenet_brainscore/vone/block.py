@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import native
-from .compiled import CompiledCells
-from .fast import GroupedGabors, NotSingleChannel
-from .spectral import SpectralGabors
+from .accel import native
+from .accel.compiled import CompiledCells
+from .accel.grouped import GroupedGabors, NotSingleChannel
+from .accel.spectral import SpectralGabors
 from .filters import GaborFilterBank, assign_colour_channels, gabor_kernels
 from .inputs import InputError, InputTypeError, check_images, check_matches
 from .params import GaborParameters, sample_gabor_parameters

@@ -19,13 +19,13 @@ import pandas as pd
 
 from brainscore_core import Score  # noqa: E402
 
-from .brainscore_env import offline_defaults  # noqa: E402
+from ..brainscore_env import offline_defaults  # noqa: E402
 from brainscore_core.supported_data_standards.brainio.assemblies import (  # noqa: E402
     NeuroidAssembly, NeuronRecordingAssembly, walk_coords)
 from brainscore_vision.benchmark_helpers.neural_common import NeuralBenchmark, average_repetition  # noqa: E402
 from brainscore_vision.model_interface import BrainModel  # noqa: E402
 
-from .errors import CommitmentError, DataError, StimulusError, VOneNetError  # noqa: E402
+from ..errors import CommitmentError, DataError, StimulusError, VOneNetError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def region_recordings(recordings, region: str, time_bin: Optional[Tuple[int, int
         raise DataError(f"the recordings hold no neuroids of region {region!r}; their regions: {', '.join(regions)}")
     if getattr(recordings, 'stimulus_set', None) is None:
         raise DataError("the recordings carry no stimulus set; load them with "
-                        "vonenet_brainscore.recordings.load_recordings(data, stimuli)")
+                        "vonenet_brainscore.scoring.recordings.load_recordings(data, stimuli)")
     selected = recordings.isel(neuroid=np.flatnonzero(np.asarray(recordings['region'].values).astype(str) == region))
     selected = type(recordings)(selected)
     selected.attrs.update(recordings.attrs)
@@ -312,7 +312,7 @@ def score_layer(model, layer: str, benchmark, *, region: Optional[str] = None, p
     ``model`` is a Brain-Score identifier (built with ``brain_model``) or a ``VOneNetBrainModel``;
     the layer is committed to the region for this call only and the benchmark runs as usual.
     """
-    from .brain import brain_model
+    from ..brain.model import brain_model
     benchmark = _benchmark(benchmark)
     region = region or benchmark_region(benchmark)
     if region is None:
@@ -329,7 +329,7 @@ def with_region_layer(model, region: str, layer: str):
     """The same VOneNetBrainModel (same network and extractor) with ``layer`` committed to ``region``."""
     from dataclasses import replace
 
-    from .brain import VOneNetBrainModel
+    from ..brain.model import VOneNetBrainModel
     commitment = model.commitment
     if layer not in dict(model.network.named_modules()):
         raise CommitmentError(f"{model.identifier} has no layer {layer!r}; candidate layers: "

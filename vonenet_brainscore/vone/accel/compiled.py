@@ -33,7 +33,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .fast import colour_channels
+from .grouped import colour_channels
 from .native import Kernels
 from .spectral import folded_filter_spectra, fourier_grid
 

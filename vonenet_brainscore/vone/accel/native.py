@@ -372,7 +372,7 @@ def _find_or_build() -> Tuple[Optional[Kernels], Optional[str]]:
         return None, 'no C compiler found (install gcc or clang, or set CC)'
     if not SOURCE.is_file():
         return None, f'{SOURCE} is missing (reinstall the package)'
-    from ..download import cache_dir  # here: only compilation needs the cache
+    from ...published.download import cache_dir  # here: only compilation needs the cache
     try:
         root = cache_dir()
     except Exception as error:

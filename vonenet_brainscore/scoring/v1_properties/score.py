@@ -40,8 +40,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from torch import nn
 
-from ..brainscore_env import offline_defaults
-from ..errors import BrainModelError, V1MemoryError, VOneNetError
+from ...brainscore_env import offline_defaults
+from ...errors import BrainModelError, V1MemoryError, VOneNetError
 from .registry import (OFFLINE_BENCHMARKS, OPT_OUT_VARIABLE, S3_ONLY_BENCHMARKS, install_offline_data,
                        serves_stimulus_set)
 
@@ -314,7 +314,7 @@ def layer_units(network, layer: str, image_size: int = 224) -> Optional[int]:
 
 
 def _is_ours(identifier: str) -> bool:
-    from ..identifiers import resolve
+    from ...published.naming import resolve
     try:
         resolve(identifier)
     except VOneNetError:
@@ -325,7 +325,7 @@ def _is_ours(identifier: str) -> bool:
 def _check_known_to_brainscore(identifier: str) -> None:
     """Refuse, before any loading, a name neither ours nor registered by exactly one Brain-Score model plugin."""
     from brainscore_core.plugin_management.import_plugin import ImportPlugin
-    from ..identifiers import IDENTIFIERS
+    from ...published.naming import IDENTIFIERS
     try:
         ImportPlugin('brainscore_vision', 'models', identifier)
     except AssertionError as error:  # Brain-Score's locate_plugin: no registration, or several
@@ -341,7 +341,7 @@ def load_brain_model(identifier: str, layer: Optional[str] = None):
     scoring every layer on Brain-Score's S3 data, so that is refused, naming ``--layer``."""
     import brainscore_vision
     from brainscore_vision.model_helpers.brain_transformation import ModelCommitment, RegionLayerMap
-    from ..commitments_io import UnknownLayerError
+    from ...brain.commitments import UnknownLayerError
     with offline_defaults():
         try:
             model = brainscore_vision.load_model(identifier)
@@ -428,9 +428,9 @@ def build_v1_model(identifier: str, *, layer: Optional[str] = None, weights_path
         plan = plan_v1_run(model, windowed=False)
         check_memory(plan)
         return model, plan
-    from ..brain import brain_model
-    from ..errors import WeightsUnavailableError
-    from ..identifiers import UNTRAINED_TAG, resolve
+    from ...brain.model import brain_model
+    from ...errors import WeightsUnavailableError
+    from ...published.naming import UNTRAINED_TAG, resolve
     identifier = resolve(identifier)
 
     def build(pretrained_back_end: bool):
@@ -484,7 +484,7 @@ class ReleasedStage(nn.Module):
 def _release_unused_stages(network) -> None:
     """Give back the memory of every stage after the VOneBlock (a ResNet50 back-end is 0.1 GB), which
     counts in the run's peak while Brain-Score maps 3,528 receptive-field responses of 73,728 units."""
-    from ..extraction import _release_free_memory
+    from ...brain.extraction import _release_free_memory
     for name, _ in list(network.named_children()):
         if name != 'vone_block':
             setattr(network, name, ReleasedStage(name))

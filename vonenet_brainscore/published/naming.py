@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List
 
-from .errors import UnknownModelError
+from ..errors import UnknownModelError
 
 PREFIX = 'vonenet_'
 NONOISE_SUFFIX = '_nonoise'

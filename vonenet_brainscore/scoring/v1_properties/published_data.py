@@ -15,7 +15,7 @@ import numpy as np
 from brainscore_core.supported_data_standards.brainio.assemblies import PropertyAssembly
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 
-from ..errors import DataError
+from ...errors import DataError
 
 HISTOGRAMS_FILE = Path(__file__).with_name('published_histograms.json')
 # Brain-Score's packaging drew its samples from an unseeded global generator; any seed gives the same

@@ -10,7 +10,7 @@ import importlib
 from functools import partial
 from typing import Dict, Tuple
 
-from ..errors import VOneNetError
+from ...errors import VOneNetError
 from . import published_data, stimuli
 
 DATA_PLUGIN = 'brainscore_vision.data.marques2020'

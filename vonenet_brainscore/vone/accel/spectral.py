@@ -18,7 +18,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
-from .fast import colour_channels
+from .grouped import colour_channels
 
 
 def _is_smooth(n: int) -> bool:

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .commitments_io import UnknownLayerError, layer_hint
-from .errors import CommitmentError, DataError, VOneNetError
-from .extraction import split_time_step
+from ..brain.commitments import UnknownLayerError, layer_hint
+from ..errors import CommitmentError, DataError, VOneNetError
+from ..brain.extraction import split_time_step
 from .predictivity import (PrecomputedModel, benchmark_region, load_brainscore_benchmark, neural_benchmark)
 
 logger = logging.getLogger(__name__)
@@ -474,7 +474,7 @@ def _score_values(score) -> Tuple[float, float, float]:
 
 def _v1_property_results(model, layer: str, seed: int, progress: bool) -> List[dict]:
     """The offline V1 property suite on ``layer`` as V1 (the brain model's own extraction)."""
-    from .brain import VOneNetBrainModel
+    from ..brain.model import VOneNetBrainModel
     from .v1_properties.score import score_brain_model, v1_window_for
     commitment = replace(model.commitment, region_layers={**model.commitment.region_layers, 'V1': layer},
                          time_bins=None if model.commitment.time_bins is None else
@@ -510,7 +510,7 @@ def map_layers(identifier_or_model, recordings=None, benchmarks: Sequence = (), 
     layers on those only (minutes per layer, see the module doc). ``n_components``,
     ``max_memory_gb`` and ``sketch_dim`` bound memory (see the module doc).
     """
-    from .brain import brain_model
+    from ..brain.model import brain_model
     from .recordings import load_recordings
 
     benchmarks = list(benchmarks or ())

@@ -11,9 +11,9 @@ from pathlib import Path
 from torch import nn
 
 from . import download
-from .errors import CheckpointError, UnknownModelError
-from .model import VOneNet, build_vonenet
-from .weights import check_checkpoint, model_from_checkpoint, read_checkpoint
+from ..errors import CheckpointError, UnknownModelError
+from ..model import VOneNet, build_vonenet
+from .checkpoints import check_checkpoint, model_from_checkpoint, read_checkpoint
 
 
 @dataclass(frozen=True)

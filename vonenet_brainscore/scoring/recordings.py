@@ -25,7 +25,7 @@ from brainscore_core.supported_data_standards.brainio.assemblies import (  # noq
     NeuronRecordingAssembly, walk_coords)
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet  # noqa: E402
 
-from .errors import DataError, StimulusError  # noqa: E402
+from ..errors import DataError, StimulusError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _open_netcdf(path: Path) -> xr.DataArray:
             dataset = dataset.load()
     except Exception as error:
         raise DataError(f"cannot read {path} as NetCDF ({type(error).__name__}: {error}); write the assembly with "
-                        f"vonenet_brainscore.recordings.save_recordings or brainio's write_netcdf") from error
+                        f"vonenet_brainscore.scoring.recordings.save_recordings or brainio's write_netcdf") from error
     variables = list(dataset.data_vars)
     if not variables:
         raise DataError(f"{path} holds no data variable; it should hold one presentation x neuroid array")

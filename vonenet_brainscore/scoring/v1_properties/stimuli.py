@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 
-from ..download import HOME_ENV, cache_dir
-from ..errors import StimulusError
+from ...published.download import HOME_ENV, cache_dir
+from ...errors import StimulusError
 
 BLANK = 'Marques2020_blank'
 RECEPTIVE_FIELD = 'Marques2020_receptive_field'

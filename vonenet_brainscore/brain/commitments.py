@@ -9,10 +9,10 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .errors import CommitmentError
+from ..errors import CommitmentError
 
 REGIONS = ('V1', 'V2', 'V4', 'IT')
-COMMITMENTS_PACKAGE = f'{__package__}.commitments'  # relative: the package also travels inside a Brain-Score plugin
+COMMITMENTS_PACKAGE = f"{__package__.rsplit('.', 1)[0]}.commitments"  # relative: the package also travels inside a Brain-Score plugin
 TimeBin = Tuple[int, int]
 
 

@@ -33,14 +33,14 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError, VOneNetError
-from .constants import DEFAULT_WORKERS  # noqa: F401  (re-exported: the CLI and tests read it here too)
-from .files import writable_problem, write_atomically
-from .model import VOneNet, build_vonenet
-from .preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
-from .vone.noise_control import noise_blocks, seeded_noise
-from .weights import ARCH_ALIASES, model_from_checkpoint, read_checkpoint
-from .zoo import get_model, model_record
+from ..errors import CheckpointError, DataError, DataWarning, DeviceError, StimulusError, VOneNetError
+from ..constants import DEFAULT_WORKERS  # noqa: F401  (re-exported: the CLI and tests read it here too)
+from ..paths import writable_problem, write_atomically
+from ..model import VOneNet, build_vonenet
+from ..preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
+from ..vone.noise import noise_blocks, seeded_noise
+from ..published.checkpoints import ARCH_ALIASES, model_from_checkpoint, read_checkpoint
+from ..published.catalogue import get_model, model_record
 
 logger = logging.getLogger(__name__)
 
@@ -802,7 +802,7 @@ def _structural_contradictions(network: VOneNet, flags: dict, model, pretrained:
 
 
 def _catalogue_names() -> List[str]:
-    from .zoo import CATALOGUE
+    from ..published.catalogue import CATALOGUE
     return list(CATALOGUE)
 
 

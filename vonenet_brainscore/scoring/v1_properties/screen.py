@@ -50,8 +50,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import StimulusError
-from ..images import to_rgb
+from ...errors import StimulusError
+from ...images import to_rgb
 from . import stimuli
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class ScreenedSet:
 
 def _build(name: str, target_degrees: float, preprocessing, folder: Path, progress: bool,
            workers: Optional[int]) -> None:
-    from ..extraction import image_digest
+    from ...brain.extraction import image_digest
     n = len(stimuli.stimulus_metadata(name))
     size = int(preprocessing.image_size)
     values = preprocessing.pixel_values()
@@ -265,7 +265,7 @@ def file_pipeline_input(path, target_degrees: float, preprocessing, scratch: Pat
 def spot_check(entry: ScreenedSet, preprocessing, count: int = SPOT_CHECKS) -> List[int]:
     """Compare ``count`` random cached images with their PNG files sent through the file pipeline;
     raise StimulusError on any difference. Returns the indices checked."""
-    from ..extraction import image_digest
+    from ...brain.extraction import image_digest
     folder = stimuli.stimulus_set_dir(entry.name)
     metadata = stimuli.stimulus_metadata(entry.name)
     indices = sorted(random.Random().sample(range(len(entry)), min(count, len(entry))))
@@ -399,7 +399,7 @@ class InMemoryScreen:
 
 def supports(model) -> bool:
     """Whether ``model``'s preprocessing is ours and Brain-Score's transform has the expected form."""
-    from ..preprocessing import BrainScorePreprocessing
+    from ...preprocessing import BrainScorePreprocessing
     extractor = getattr(getattr(model, 'activations_model', None), '_extractor', None)
     preprocessing = getattr(extractor, 'preprocess', None)
     return isinstance(preprocessing, BrainScorePreprocessing) and preprocessing.supports_in_memory()

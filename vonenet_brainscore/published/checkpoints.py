@@ -22,9 +22,9 @@ from typing import Mapping, Optional
 
 import torch
 
-from .errors import CheckpointError
-from .model import VOneNet, build_vonenet
-from .vone import VOneBlockConfig
+from ..errors import CheckpointError
+from ..model import VOneNet, build_vonenet
+from ..vone import VOneBlockConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ MAX_KSIZE = 255  # px: 10x the published 25, wider than the whole published 224 
 # i.e. at most 61 MB (float32, 3 colour channels) per bank, whatever channels and ksize combine to.
 MAX_FILTER_WEIGHTS = 16 * 512 * 25 * 25
 MAX_STRIDE = 64  # px: 16x the published 4
-from .constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE  # noqa: E402  (px: 2048 is 9x the published 224)
+from ..constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE  # noqa: E402  (px: 2048 is 9x the published 224)
 MAX_VISUAL_DEGREES = 180.0  # an eye sees less than a half-sphere; the published models use 8 deg
 MAX_NUM_CLASSES = 50_000  # ImageNet-21k, the largest label set in use, has 21,841 classes
 SEED_LIMIT = 2 ** 32  # numpy's RandomState, which draws the Gabor parameters, takes seeds below this

@@ -20,13 +20,13 @@ from brainscore_vision.model_helpers.brain_transformation.behavior import (  # n
     BehaviorArbiter, LabelBehavior, OddOneOut, ProbabilitiesMapping)
 from brainscore_vision.model_interface import BrainModel  # noqa: E402
 
-from .commitments_io import Commitment, UnknownLayerError, layer_hint, load_commitment, unknown_layers  # noqa: E402
-from .errors import CommitmentError  # noqa: E402
+from .commitments import Commitment, UnknownLayerError, layer_hint, load_commitment, unknown_layers  # noqa: E402
+from ..errors import CommitmentError  # noqa: E402
 from .extraction import VOneNetActivations  # noqa: E402
-from .identifiers import (IDENTIFIERS, NONOISE_SUFFIX, UNTRAINED_TAG, BrainModelSpec,  # noqa: E402,F401
+from ..published.naming import (IDENTIFIERS, NONOISE_SUFFIX, UNTRAINED_TAG, BrainModelSpec,  # noqa: E402,F401
                           brain_identifier, list_identifiers, spec)
-from .preprocessing import brainscore_preprocessing  # noqa: E402
-from .zoo import get_model, model_record  # noqa: E402
+from ..preprocessing import brainscore_preprocessing  # noqa: E402
+from ..published.catalogue import get_model, model_record  # noqa: E402
 
 
 def region_layer_map(identifier: str) -> Dict[str, str]:
@@ -193,7 +193,7 @@ class VOneNetBrainModel(BrainModel):
         the call the activations are computed as in our own run (``fast_scoring``, the same values bit
         for bit) and not stored in Brain-Score's activations cache (the benchmarks cache their results).
         """
-        from .v1_properties.score import property_window_for
+        from ..scoring.v1_properties.score import property_window_for
         window = property_window_for(self, stimuli)
         if window is None:
             yield

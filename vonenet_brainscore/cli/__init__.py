@@ -13,8 +13,8 @@ from typing import Callable, Dict, Iterator, Sequence
 
 # Brain-Score otherwise pip-installs plugin requirements into whatever Python is on PATH, and probes
 # cloud metadata for ~90 s before any S3 failure: the CLI process never does either (see brainscore_env).
-from . import errors  # noqa: E402
-from .brainscore_env import set_process_defaults  # noqa: E402
+from .. import errors  # noqa: E402
+from ..brainscore_env import set_process_defaults  # noqa: E402
 
 set_process_defaults()
 
@@ -59,7 +59,7 @@ SEVERITY = _number(int, 1, 5, what='a corruption severity in 1 .. 5')
 
 
 def _image_size_type():
-    from .constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from ..constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     return _number(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE,
                    what=f'an image size in pixels, {MIN_IMAGE_SIZE} .. {MAX_IMAGE_SIZE}')
 
@@ -67,7 +67,7 @@ def _image_size_type():
 def _writable_location(flag: str, path: Path, folder: Path) -> None:
     """``path`` (given to ``flag``) can be written in or under ``folder``: its nearest existing ancestor
     is a folder in which a file can be made (tried for real: permissions, read-only file systems, root)."""
-    from .files import writable_problem
+    from ..paths import writable_problem
     existing = folder
     while not existing.exists():
         existing = existing.parent
@@ -158,8 +158,8 @@ def _progress_bars_off() -> Iterator[None]:
 # --- models ---------------------------------------------------------------------------------------
 @verb('models', 'list the published VOneNets and whether their weights are cached')
 def models_command(args):
-    from .identifiers import brain_identifier
-    from .zoo import CATALOGUE
+    from ..published.naming import brain_identifier
+    from ..published.catalogue import CATALOGUE
     states = {'missing': 'not cached', 'verified': 'cached (verified download)',
               'unrecorded': 'cached (placed by hand)', 'changed': 'CHANGED since download: will be fetched again'}
     rows = [(r.name, brain_identifier(r.name), r.arch, states[r.cache_state], r.description)
@@ -207,7 +207,7 @@ info_command.arguments = _model_arguments
 
 def _load_model(args):
     """The requested model, and a line saying where its weights came from."""
-    from .zoo import get_model, model_record
+    from ..published.catalogue import get_model, model_record
     overrides = {'noise_mode': None} if args.no_noise else {}
     record = model_record(args.model)
     if getattr(args, 'weights', None):
@@ -227,8 +227,8 @@ def _load_model(args):
 @verb('classify', 'classify images with a VOneNet and print the top ImageNet labels')
 def classify_command(args):
     import torch
-    from .preprocessing import imagenet_categories, load_batch
-    from .imagenet import num_outputs
+    from ..preprocessing import imagenet_categories, load_batch
+    from ..training.imagenet import num_outputs
     model, weights = _load_model(args)
     outputs = num_outputs(model)
     if args.top is not None and args.top > outputs:
@@ -274,8 +274,8 @@ classify_command.arguments = _classify_arguments
 @verb('score', 'score brain models (ours or any Brain-Score model) on the V1 property benchmarks (offline) '
               'and write table, JSON, CSV, figures')
 def score_command(args):
-    from .v1_properties.figures import plot_properties
-    from .v1_properties.score import resolve_benchmarks
+    from ..scoring.v1_properties.figures import plot_properties
+    from ..scoring.v1_properties.score import resolve_benchmarks
     output, csv_path, figures = _score_outputs(args)
     if args.weights:
         _input_file('--weights', args.weights)
@@ -330,7 +330,7 @@ def score_command(args):
 
 def _score_name(name: str) -> str:
     """Ours by catalogue name or identifier (resolved), else any Brain-Score identifier as given."""
-    from .identifiers import LEGACY_NAMES
+    from ..published.naming import LEGACY_NAMES
     try:
         return _brain_identifier(name)
     except errors.UnknownModelError:
@@ -348,9 +348,9 @@ def _against_entry(entry: str):
 
 
 def _score_one(args, identifier, layer, flag, weights, untrained):
-    from .commitments_io import UnknownLayerError
-    from .identifiers import spec
-    from .v1_properties.score import score_v1_properties
+    from ..brain.commitments import UnknownLayerError
+    from ..published.naming import spec
+    from ..scoring.v1_properties.score import score_v1_properties
     try:
         return score_v1_properties(identifier, args.benchmarks, layer=layer, weights_path=weights,
                                    pretrained=not untrained, noise_seed=args.noise_seed, seed=args.seed,
@@ -419,7 +419,7 @@ score_command.arguments = _score_arguments
 
 def _brain_identifier(name: str) -> str:
     """Accept a brain-model identifier, or a catalogue name such as 'resnet50'."""
-    from .identifiers import resolve
+    from ..published.naming import resolve
     return resolve(name)
 
 
@@ -460,8 +460,8 @@ def map_layers_command(args):
         _input_file('--stimuli', args.stimuli, folder_ok=True)
     if args.weights:
         _input_file('--weights', args.weights)
-    from .commitments_io import UnknownLayerError
-    from .mapping import DEGENERATE_MARK, DegenerateScoreWarning, map_layers  # imports Brain-Score: seconds
+    from ..brain.commitments import UnknownLayerError
+    from ..scoring.mapping import DEGENERATE_MARK, DegenerateScoreWarning, map_layers  # imports Brain-Score: seconds
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', DegenerateScoreWarning)
@@ -513,7 +513,7 @@ map_layers_command.arguments = _map_layers_arguments
 # --- validate -------------------------------------------------------------------------------------
 @verb('validate', 'ImageNet-style validation: top-1, top-5 and loss on <in-path>/val (an ImageFolder)')
 def validate_command(args):
-    from .imagenet import validate
+    from ..training.imagenet import validate
     if args.output:
         _output_file('--output', args.output, '.json')
     model, weights = _load_model(args)
@@ -542,7 +542,7 @@ def _validate_arguments(parser):
 
 
 def _loader_arguments(parser, batch_size):
-    from .constants import DEFAULT_WORKERS
+    from ..constants import DEFAULT_WORKERS
     shown = batch_size if batch_size is not None else 256
     parser.add_argument('--batch-size', type=POSITIVE_INT, default=batch_size,
                         help=f'images per batch (default {shown})')
@@ -557,7 +557,7 @@ validate_command.arguments = _validate_arguments
 # --- train ----------------------------------------------------------------------------------------
 @verb('train', "train or fine-tune a VOneNet on an ImageFolder with the original recipe (torchrun for several GPUs)")
 def train_command(args):
-    from .imagenet import train
+    from ..training.imagenet import train
     _output_dir('--output-path', args.output_path)
     if args.resume:
         _input_file('--resume', args.resume, folder_ok=True)
@@ -619,8 +619,8 @@ train_command.arguments = _train_arguments
 def robustness_command(args):
     from pathlib import Path
     from torchvision import transforms
-    from . import robustness
-    from .imagenet import image_folder, num_outputs
+    from .. import robustness
+    from ..training.imagenet import image_folder, num_outputs
     output = _output_dir('--output', args.output, files=('robustness.csv', 'robustness.json', 'robustness.png'))
     if args.backend_weights:
         if args.no_backend:
@@ -670,13 +670,13 @@ def robustness_command(args):
 
 
 def _eps_grid(args, norm):
-    from .robustness import DEFAULT_EPS
+    from ..robustness import DEFAULT_EPS
     chosen = getattr(args, f'eps_{norm}')
     return [float(eps) for eps in chosen] if chosen else list(DEFAULT_EPS[norm])
 
 
 def _corruption_list(names):
-    from .robustness import corruption_names
+    from ..robustness import corruption_names
     if names in (['none'], []):
         return []
     if len(names) == 1 and names[0] in ('common', 'extra', 'all', 'blur'):
@@ -719,7 +719,7 @@ robustness_command.arguments = _robustness_arguments
 # --- plugin ---------------------------------------------------------------------------------------
 @verb('plugin', "install or remove the local Brain-Score plugin (so brainscore_vision.load_model finds our models)")
 def plugin_command(args):
-    from . import plugin_tools
+    from ..brain import plugin as plugin_tools
     if args.action == 'install':
         print(f'installed: {plugin_tools.install_plugin(models_dir=args.models_dir)}')
     elif args.action == 'uninstall':
@@ -742,7 +742,7 @@ plugin_command.arguments = _plugin_arguments
 
 @verb('submission', "build (or --check) the zips Brain-Score's website accepts: one model per zip")
 def submission_command(args):
-    from . import submission
+    from .. import submission
     if args.check:
         failed = False
         for path in args.check:

@@ -46,8 +46,8 @@ from brainscore_vision.model_helpers.activations import core as brainscore_core
 from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper, lstrip_local
 from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
 
-from .errors import StimulusError
-from .vone.block import NEURONAL_NOISE_EPS
+from ..errors import StimulusError
+from ..vone.block import NEURONAL_NOISE_EPS
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import filelock
 import requests
 from tqdm import tqdm
 
-from .errors import SettingError, WeightsUnavailableError
+from ..errors import SettingError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def weights_url(filename: str) -> str:
 
 def verify_checkpoint(path: Path):
     """The default check of a finished download: a checkpoint ``torch.load(weights_only=True)`` reads."""
-    from .weights import read_checkpoint  # here: torch is only needed once something was downloaded
+    from .checkpoints import read_checkpoint  # here: torch is only needed once something was downloaded
     return read_checkpoint(path, source='the downloaded file', advice=NOT_CACHED)
 
 
