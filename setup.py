@@ -11,7 +11,7 @@ DEPENDENCIES = runpy.run_path(str(HERE / 'vonenet_brainscore' / 'dependencies.py
 
 setup(
     name='vonenet-brainscore',
-    version='0.1.0',
+    version=DEPENDENCIES['VERSION'],
     description='VOneNets (CNNs with a primate V1 front-end) as Brain-Score brain models',
     long_description=(HERE / 'README.md').read_text() if (HERE / 'README.md').exists() else '',
     long_description_content_type='text/markdown',

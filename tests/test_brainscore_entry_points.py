@@ -19,7 +19,7 @@ import pytest
 from published_checkpoint import published_checkpoint
 from scoring_machine import make_scoring_machine
 from vonenet_brainscore import cli
-from vonenet_brainscore.brain.plugin import PLUGIN_NAME
+from vonenet_brainscore.brain.plugin.install import PLUGIN_NAME
 from vonenet_brainscore.submission import render_plugin
 
 UNREACHABLE = 'http://127.0.0.1:9/'

@@ -16,11 +16,11 @@ import pytest
 from published_checkpoint import published_checkpoint
 from scoring_machine import copy_generic_plugin_tests, make_scoring_machine
 from vonenet_brainscore import cli
-from vonenet_brainscore.brain import plugin as plugin_tools
+from vonenet_brainscore.brain.plugin import install as plugin_tools
 from vonenet_brainscore.brain.commitments import load_commitment
 from vonenet_brainscore.errors import UnknownModelError, WeightsUnavailableError
 from vonenet_brainscore.published.naming import IDENTIFIERS
-from vonenet_brainscore.brain.plugin import (MARKER_NAME, PLUGIN_NAME, PluginConflictError, PluginError,
+from vonenet_brainscore.brain.plugin.install import (MARKER_NAME, PLUGIN_NAME, PluginConflictError, PluginError,
                                              install_plugin, is_current, is_installed, uninstall_plugin)
 from vonenet_brainscore.submission import render_plugin
 

@@ -17,7 +17,7 @@ from vonenet_brainscore import cli
 from vonenet_brainscore.errors import SubmissionError
 from vonenet_brainscore.published.naming import IDENTIFIERS
 from vonenet_brainscore.submission import build_all_submissions, build_submission, check_submission, load_taken_names
-from vonenet_brainscore.submission.vendoring import module_closure, vendored_code
+from vonenet_brainscore.brain.plugin.vendoring import module_closure, vendored_code
 from vonenet_brainscore.submission.website import collect_brainscore_names
 
 ROOT = 'submission'  # the upload page asks for submission/models/<model_identifier>/

@@ -6,7 +6,7 @@ command line's ``--help`` do not pay for torch and Brain-Score.
 from .errors import (CheckpointError, CommitmentError, DataError, SettingError, StimulusError, SubmissionError,
                      UnknownModelError, VOneNetError, WeightsUnavailableError)
 
-__version__ = '0.1.0'
+from .dependencies import VERSION as __version__
 
 _LAZY = {
     'build_backend': 'backends', 'list_backends': 'backends', 'register_backend': 'backends',

@@ -6,6 +6,9 @@ Lower bounds of torch, torchvision and numpy are brainscore-vision 2.4's own, so
 runs Brain-Score already satisfies them and a plugin install never replaces its torch.
 """
 
+VERSION = '0.1.0'
+"""This package's version (setup.py and the package's ``__version__`` read it here)."""
+
 SUPPORTED = {
     'torch': '>=2.6,<3',
     'torchvision': '>=0.21',

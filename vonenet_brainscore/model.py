@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .backends import build_backend, first_conv_in_channels
+from .seeding import torch_global_seed
 from .vone import VOneBlock, VOneBlockConfig
 from .vone.inputs import check_images, check_matches
 
@@ -60,17 +61,6 @@ class VOneNet(nn.Sequential):
                 'nx': p.nx.copy(), 'ny': p.ny.copy()}
 
 
-@contextmanager
-def _seeded(init_seed: Optional[int]):
-    """Run back-end initialisation from ``init_seed`` without touching torch's global RNG."""
-    if init_seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(init_seed)
-        yield
-
-
 def build_vonenet(arch: Optional[str] = 'resnet50', *, num_classes: int = 1000, init_seed: Optional[int] = 0,
                   noise_seed: Optional[int] = None, config: Optional[VOneBlockConfig] = None,
                   **vone_settings) -> VOneNet:
@@ -83,7 +73,7 @@ def build_vonenet(arch: Optional[str] = 'resnet50', *, num_classes: int = 1000, 
     vone_block = VOneBlock(config, noise_seed=noise_seed, **vone_settings)
     if arch is None:
         return VOneNet(vone_block, None)
-    with _seeded(init_seed):
+    with torch_global_seed(init_seed):
         backend = build_backend(arch, num_classes=num_classes)
         return VOneNet(vone_block, backend, arch=arch)
 
@@ -97,5 +87,5 @@ def vonenet_from_backend(backend: nn.Module, *, init_seed: Optional[int] = 0, no
     VOneBlock's channels to the input channels of the back-end's first remaining convolution.
     """
     vone_block = VOneBlock(config, noise_seed=noise_seed, **vone_settings)
-    with _seeded(init_seed):
+    with torch_global_seed(init_seed):
         return VOneNet(vone_block, backend, arch=None, bottleneck_channels=first_conv_in_channels(backend))

@@ -47,6 +47,7 @@ from brainscore_vision.model_helpers.activations.core import ActivationsExtracto
 from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
 
 from ..errors import StimulusError
+from ..seeding import image_noise_seed
 from ..vone.block import NEURONAL_NOISE_EPS
 
 logger = logging.getLogger(__name__)
@@ -164,12 +165,6 @@ def split_time_step(layer: str):
 def image_digest(image: np.ndarray) -> bytes:
     """A fingerprint of an image's content: noise belongs to the image, not to its batch position."""
     return hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).digest()
-
-
-def image_noise_seed(base_seed: int, trial: int, digest: bytes) -> int:
-    """A 63-bit seed from the noise seed, the trial and the image's fingerprint."""
-    key = hashlib.blake2b(digest, digest_size=8, key=f'{base_seed}:{trial}'.encode()).digest()
-    return int.from_bytes(key, 'little') >> 1
 
 
 def _release_free_memory() -> None:

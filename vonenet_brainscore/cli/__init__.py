@@ -719,7 +719,7 @@ robustness_command.arguments = _robustness_arguments
 # --- plugin ---------------------------------------------------------------------------------------
 @verb('plugin', "install or remove the local Brain-Score plugin (so brainscore_vision.load_model finds our models)")
 def plugin_command(args):
-    from ..brain import plugin as plugin_tools
+    from ..brain.plugin import install as plugin_tools
     if args.action == 'install':
         print(f'installed: {plugin_tools.install_plugin(models_dir=args.models_dir)}')
     elif args.action == 'uninstall':

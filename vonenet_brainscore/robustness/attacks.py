@@ -27,7 +27,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import VOneNetError
-from ..vone.noise import derive_seed, noise_blocks, seeded_noise  # noqa: F401 (re-exported)
+from ..seeding import derive_seed
+from ..vone.noise import noise_blocks, seeded_noise  # noqa: F401 (re-exported)
 
 LOG = logging.getLogger(__name__)
 

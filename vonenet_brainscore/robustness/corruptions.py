@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import VOneNetError
+from ..seeding import numpy_global_seed
 
 LOG = logging.getLogger(__name__)
 
@@ -121,20 +122,6 @@ def check_corruption(name: str, severity: int) -> None:
         raise CorruptionError(f"corruption severity must be an integer in 1..5, got {severity!r}")
 
 
-@contextlib.contextmanager
-def _numpy_global_seed(seed: Optional[int]):
-    """imagecorruptions draws from numpy's global RNG: seed it for one call, then restore it."""
-    if seed is None:
-        yield
-        return
-    state = np.random.get_state()
-    np.random.seed(seed % 2 ** 32)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
 def corrupt_image(image: np.ndarray, name: str, severity: int, seed: Optional[int] = None) -> np.ndarray:
     """One HxWx3 uint8 image corrupted by ``name`` at ``severity`` (1..5): same shape, uint8, [0, 255].
 
@@ -151,7 +138,7 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, seed: Optional[in
     function = _load_imagecorruptions().corruption_dict[name]
     from PIL import Image
     captured = io.StringIO()  # zoom_blur prints a notice instead of warning
-    with _numpy_global_seed(seed), contextlib.redirect_stdout(captured):
+    with numpy_global_seed(seed), contextlib.redirect_stdout(captured):
         corrupted = np.asarray(function(Image.fromarray(image), severity))
     if captured.getvalue().strip():
         LOG.debug("imagecorruptions %s: %s", name, captured.getvalue().strip())

@@ -13,7 +13,7 @@ from typing import List
 
 from ..errors import SubmissionError
 from .archive import checked_destination, write_zip
-from .plugin_files import render_plugin
+from ..brain.plugin.files import render_plugin
 from .website import check_submission, load_taken_names
 
 __all__ = ['build_submission', 'build_all_submissions', 'check_submission', 'render_plugin', 'load_taken_names',

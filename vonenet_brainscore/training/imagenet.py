@@ -38,7 +38,9 @@ from ..constants import DEFAULT_WORKERS  # noqa: F401  (re-exported: the CLI and
 from ..paths import writable_problem, write_atomically
 from ..model import VOneNet, build_vonenet
 from ..preprocessing import IMAGE_SIZE, MEAN, STD, evaluation_transform, load_image
+from ..seeding import epoch_seeds
 from ..vone.noise import noise_blocks, seeded_noise
+from .recipe import CLI_FLAGS, FLAG_NAMES, RECIPE_ARGUMENTS, TrainingSettings  # noqa: F401 (TrainingSettings: tests read it here)
 from ..published.checkpoints import ARCH_ALIASES, model_from_checkpoint, read_checkpoint
 from ..published.catalogue import get_model, model_record
 
@@ -462,37 +464,6 @@ def _read_history(output_dir: Path, before_epoch: int) -> list:
 # --- training ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    """The original recipe's hyper-parameters; they are written into every checkpoint's flags."""
-
-    epochs: int = 70
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    step_size: int = 20
-    step_factor: float = 0.1
-    seed: int = 0
-    workers: int = DEFAULT_WORKERS
-
-    def __post_init__(self):
-        for name in ('epochs', 'batch_size', 'step_size'):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.step_factor <= 0 or self.workers < 0 \
-                or self.seed < 0:
-            raise ValueError(f"invalid training settings {self}")
-
-    def as_flags(self) -> dict:
-        """Flag names of the original training script (``torch_seed`` for the seed)."""
-        flags = dataclasses.asdict(self)
-        flags['torch_seed'] = flags.pop('seed')
-        flags['optimizer'] = 'stepLR'
-        flags['normalization'] = 'vonenet'
-        return flags
-
-
-@dataclass(frozen=True)
 class _Processes:
     """This process's place in a ``torchrun`` launch (world_size 1 when not launched so)."""
 
@@ -536,16 +507,6 @@ def _start_processes(ngpus: int) -> Tuple[_Processes, torch.device]:
     if started_here:
         torch_dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', init_method='env://')
     return _Processes(world_size, rank, local_rank, started_here), device
-
-
-def _epoch_seeds(seed: int, epoch: int, rank: int) -> Tuple[int, int]:
-    """Independent seeds for (torch's global RNG, the data loader) in one epoch of one process.
-
-    Seeding each epoch afresh makes augmentation, dropout and VOneBlock noise the same whether a
-    run went straight through or was resumed.
-    """
-    first, second = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
-    return int(first), int(second)
 
 
 def _training_loader(dataset: Dataset, batch_size: int, workers: int, seed: int, loader_seed: int, epoch: int,
@@ -675,17 +636,6 @@ def _resolve_batch_size(batch_size: int, processes: _Processes) -> int:
     return per_process
 
 
-# The recipe's hyper-parameters, as ``train`` takes them; each is written into the checkpoint's flags
-# (under the name in _FLAG_NAMES where the original script named it otherwise).
-RECIPE_ARGUMENTS = ('epochs', 'batch_size', 'lr', 'momentum', 'weight_decay', 'step_size', 'step_factor', 'seed')
-_FLAG_NAMES = {'seed': 'torch_seed'}
-# How the command line spells the arguments a resume can contradict (named in the error next to them).
-CLI_FLAGS = {'epochs': '--epochs', 'batch_size': '--batch-size', 'lr': '--lr', 'momentum': '--momentum',
-             'weight_decay': '--weight-decay', 'step_size': '--step-size', 'step_factor': '--step-factor',
-             'seed': '--seed', 'noise_mode': '--no-noise', 'image_size': '--image-size',
-             'num_classes': '--num-classes', 'model': 'MODEL', 'pretrained': '--pretrained', 'weights_path': '--weights'}
-
-
 class OutputPathError(VOneNetError):
     """An output location that cannot be written (a file where a folder is needed, read-only, ...)."""
 
@@ -719,7 +669,7 @@ def _same(a, b) -> bool:
 
 def _recipe_flag(flags: dict, name: str, source: Path):
     """A recipe value from a checkpoint's flags (None when absent), checked as TrainingSettings checks it."""
-    flag = _FLAG_NAMES.get(name, name)
+    flag = FLAG_NAMES.get(name, name)
     if flag not in flags or flags[flag] is None:
         return None
     value, default = flags[flag], getattr(TrainingSettings, name)
@@ -987,7 +937,7 @@ def _run_epoch(runner: nn.Module, train_set: Dataset, optimizer: torch.optim.Opt
                device: torch.device, progress: bool) -> dict:
     """Seed, train one epoch, and sum its counts over processes."""
     start = time.perf_counter()
-    rng_seed, loader_seed = _epoch_seeds(settings.seed, epoch, processes.rank)
+    rng_seed, loader_seed = epoch_seeds(settings.seed, epoch, processes.rank)
     torch.manual_seed(rng_seed)
     loader = _training_loader(train_set, batch_size, settings.workers, settings.seed, loader_seed, epoch,
                               processes, device)

@@ -7,17 +7,13 @@ from typing import Iterator, List, Optional
 import numpy as np
 from torch import nn
 
+from ..seeding import derive_seed
 from .block import VOneBlock
 
 
 def noise_blocks(model: nn.Module) -> List[VOneBlock]:
     """The VOneBlocks inside ``model`` (the source of its stochasticity)."""
     return [module for module in model.modules() if isinstance(module, VOneBlock)]
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 31-bit seed from integer keys, so seeds for different purposes never collide."""
-    return int(np.random.SeedSequence([int(k) % 2 ** 32 for k in keys]).generate_state(1)[0] % 2 ** 31)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from torch import nn
 
 from ...brainscore_env import offline_defaults
 from ...errors import BrainModelError, V1MemoryError, VOneNetError
+from ...seeding import numpy_global_seed
 from .registry import (OFFLINE_BENCHMARKS, OPT_OUT_VARIABLE, S3_ONLY_BENCHMARKS, install_offline_data,
                        serves_stimulus_set)
 
@@ -89,17 +90,6 @@ def resolve_benchmarks(names: Sequence[str]) -> List[str]:
             raise VOneNetError(f"unknown V1 property benchmark {name!r}; use 'v1-properties' or one of "
                                f"{', '.join(OFFLINE_BENCHMARKS)}")
     return resolved
-
-
-@contextmanager
-def _seeded_numpy(seed: int):
-    """Brain-Score's bootstrap draws from numpy's global RNG: seed it, then restore it."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 class _RecordingMetric:
@@ -225,7 +215,7 @@ def _score_each(model, identifiers, seed) -> List[BenchmarkResult]:
         benchmark._similarity_metric = recorder  # observe only: the metric still computes the score
         property_name = recorder.metric.property_name
         logger.info('scoring %s on %s', model.identifier, identifier)
-        with _seeded_numpy(seed):
+        with numpy_global_seed(seed):
             score = benchmark(model)
         model_property, data_property = recorder.first_call
         results.append(BenchmarkResult(

@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-PACKAGE = __package__.rsplit('.', 1)[0]
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PACKAGE = __package__.split('.')[0]
+PACKAGE_DIR = Path(__file__).resolve().parents[2]
 ROOT_MODULES = ('brain.model',)
 """What a plugin imports; everything else it carries follows from these."""
 

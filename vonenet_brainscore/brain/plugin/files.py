@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from typing import Dict, Sequence
 
-from ..dependencies import IMPORT_TO_DISTRIBUTION, SUPPORTED
-from ..errors import SubmissionError
+from ...dependencies import IMPORT_TO_DISTRIBUTION, SUPPORTED
+from ...errors import SubmissionError
 from .vendoring import PACKAGE, PACKAGE_DIR, vendored_code
 
 VENDORED_PACKAGE = PACKAGE
@@ -143,13 +143,13 @@ def test_region_layer_map(identifier):
 
 
 def _version() -> str:
-    from .. import __version__
-    return __version__
+    from ...dependencies import VERSION
+    return VERSION
 
 
 def _summary(identifiers: Sequence[str]) -> str:
-    from ..published.naming import spec
-    from ..published.catalogue import model_record
+    from ...published.naming import spec
+    from ...published.catalogue import model_record
     if len(identifiers) == 1:
         model_spec = spec(identifiers[0])
         noise = '' if model_spec.noise else ', VOneBlock noise off'
@@ -171,8 +171,8 @@ def requirements_text(third_party: Sequence[str]) -> str:
 
 def region_layer_maps(identifiers: Sequence[str]) -> Dict[str, str]:
     """``{identifier: JSON text}`` of each brain model's committed region -> layer map (from commitments/)."""
-    from ..brain.commitments import load_commitment
-    from ..published.naming import spec
+    from ..commitments import load_commitment
+    from ...published.naming import spec
     return {identifier: json.dumps(dict(load_commitment(spec(identifier).model).region_layers), indent=2) + '\n'
             for identifier in identifiers}
 
@@ -183,8 +183,8 @@ def render_plugin(identifiers: Sequence[str], *, carry_code: bool) -> Dict[str, 
     ``carry_code=True`` (a submission) copies the package's code in and imports it relatively;
     ``False`` (a local install) imports the installed package.
     """
-    from ..brain.commitments import load_commitment
-    from ..published.naming import spec
+    from ..commitments import load_commitment
+    from ...published.naming import spec
     identifiers = [spec(identifier).identifier for identifier in identifiers]  # unknown/old names raise here
     if not identifiers or len(set(identifiers)) != len(identifiers):
         raise SubmissionError(f"a plugin needs distinct identifiers, got {identifiers}")

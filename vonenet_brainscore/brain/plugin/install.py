@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-from ..errors import VOneNetError
+from ...errors import VOneNetError
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -50,8 +50,8 @@ class PluginConflictError(PluginError):
 
 def plugin_files() -> Dict[str, bytes]:
     """The local plugin's files (every identifier; imports the installed package)."""
-    from ..published.naming import list_identifiers
-    from ..submission import render_plugin
+    from ...published.naming import list_identifiers
+    from .files import render_plugin
     return render_plugin(list_identifiers(), carry_code=False)
 
 
@@ -140,7 +140,7 @@ def install_plugin(models_dir: Optional[PathLike] = None) -> Path:
     function, or when another plugin folder already registers one of our identifiers (Brain-Score would
     then refuse to load it).
     """
-    from ..published.naming import list_identifiers
+    from ...published.naming import list_identifiers
     models = _models_dir(models_dir)
     target = models / PLUGIN_NAME
     ours = _is_ours(target)
@@ -162,7 +162,7 @@ def install_plugin(models_dir: Optional[PathLike] = None) -> Path:
             path = staged / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        from .. import __version__
+        from ...dependencies import VERSION as __version__
         (staged / MARKER_NAME).write_text(json.dumps({'installed_by': _OWNER, 'version': __version__},
                                                      indent=2) + '\n', encoding='utf-8')
         _swap_into_place(staged, target, replace=bool(ours))
