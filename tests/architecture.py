@@ -17,7 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / 'vonenet_brainscore'
 
 FLOORS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ('facts and errors', ('errors', 'constants', 'dependencies')),
-    ('foundation', ('paths', 'seeding', 'brainscore_env', 'images')),
+    ('foundation', ('paths', 'seeding', 'brainscore_env', 'images', 'devices')),
     ('V1 model and back-ends', ('vone', 'backends')),
     ('VOneNet and its input', ('model', 'preprocessing')),
     ('published models', ('published',)),

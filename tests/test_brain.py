@@ -9,7 +9,8 @@ from PIL import Image
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 from brainscore_vision.model_interface import BrainModel
 
-from vonenet_brainscore.brain.model import IDENTIFIERS, brain_model, nearest_step, region_layer_map
+from vonenet_brainscore.brain.model import brain_model, nearest_step, region_layer_map
+from vonenet_brainscore.published.naming import IDENTIFIERS
 from vonenet_brainscore.brain.commitments import load_commitment
 from vonenet_brainscore.brain.extraction import image_digest
 from vonenet_brainscore.errors import CommitmentError, StimulusError, UnknownModelError, WeightsUnavailableError
@@ -346,10 +347,10 @@ def test_v1_fast_path_equals_the_full_forward_with_noise(stimuli):
     draws = []
     for trial in range(2):
         digests = [image_digest(image) for image in images]
-        block.fixed_noise = activations._trial_noise(digests, trial, block.output_shape())
+        block.noise_source.freeze(activations._trial_noise(digests, trial, block.output_shape()))
         with torch.no_grad():
             draws.append(block(torch.from_numpy(images)).flatten(1).numpy())
-        block.fixed_noise = None
+        block.noise_source.freeze(None)
     np.testing.assert_allclose(fast, np.mean(draws, axis=0), rtol=1e-5, atol=1e-4)
 
 

@@ -205,7 +205,7 @@ def test_the_window_is_a_per_call_decision_with_the_full_maps_values():
     from vonenet_brainscore.errors import BrainModelError
     from vonenet_brainscore.scoring.v1_properties import stimuli
     from vonenet_brainscore.scoring.v1_properties.registry import install_offline_data, uninstall_offline_data
-    from vonenet_brainscore.scoring.v1_properties.score import property_window_for, v1_window_for
+    from vonenet_brainscore.brain.v1_window import property_window_for, v1_window_for
 
     model = brain_model(IDENTIFIER, pretrained=False, batch_size=4)
     rng = np.random.default_rng(0)

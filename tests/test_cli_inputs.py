@@ -43,11 +43,12 @@ def tripwire(monkeypatch):
     """Every expensive step of every verb raises WorkStarted."""
     def refuse(*args, **kwargs):
         raise WorkStarted('the work started before the arguments were checked')
-    import vonenet_brainscore.training.imagenet as imagenet
+    import vonenet_brainscore.training.evaluate as evaluate
+    import vonenet_brainscore.training.train as training
     import vonenet_brainscore.published.catalogue as zoo
     monkeypatch.setattr(zoo, 'get_model', refuse)
-    monkeypatch.setattr(imagenet, 'train', refuse)
-    monkeypatch.setattr(imagenet, 'validate', refuse)
+    monkeypatch.setattr(training, 'train', refuse)
+    monkeypatch.setattr(evaluate, 'validate', refuse)
     from vonenet_brainscore.scoring.v1_properties import score
     monkeypatch.setattr(score, 'score_v1_properties', refuse)
     import vonenet_brainscore.scoring.mapping as mapping

@@ -245,7 +245,7 @@ def test_compiled_follows_the_gain_and_new_weights():
             return block.gabors_f(images)  # before the final rectification, so a negative gain shows
 
     for k_exc in (25.0, -3.0):
-        block.k_exc = k_exc
+        block.config = block.config.replace(k_exc=k_exc)
         _assert_close(cells('compiled'), cells('dense'))
     assert cells('compiled').max() <= 0
     with torch.no_grad():

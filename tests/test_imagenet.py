@@ -13,8 +13,12 @@ import torchvision
 
 from synthetic_imagefolder import make_imagefolder
 from vonenet_brainscore import CheckpointError, DataError, VOneBlockConfig, build_vonenet, get_model
-from vonenet_brainscore.training.imagenet import (DataWarning, DeviceError, checkpoint_dict, image_folder, model_for_training,
-                                         save_checkpoint, train, validate)
+from vonenet_brainscore.errors import DataWarning, DeviceError
+from vonenet_brainscore.published.checkpoints import checkpoint_dict, save_checkpoint
+from vonenet_brainscore.training.data import image_folder
+from vonenet_brainscore.training.evaluate import validate
+from vonenet_brainscore.training.models import model_for_training
+from vonenet_brainscore.training.train import train
 
 # A small VOneNet: few Gabor channels at 64 px. ResNet50 is the back-end that learns the toy task in a
 # few steps (its batch norms; AlexNet's plain stack needs hundreds of steps to leave chance).
@@ -225,7 +229,7 @@ def test_missing_gpus_are_a_clear_error(tiny_model, tmp_path):
 DDP_SCRIPT = """
 import json, os, sys
 import torch
-from vonenet_brainscore.training.imagenet import train
+from vonenet_brainscore.training.train import train
 root, output = sys.argv[1], sys.argv[2]
 history = train(root, output, {arch!r}, epochs=1, **{recipe!r}, **{tiny!r})
 with open(os.path.join(output, 'rank%s.json' % os.environ['RANK']), 'w') as stream:

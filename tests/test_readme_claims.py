@@ -67,7 +67,7 @@ class _LookupModel(nn.Module):
 
 
 def test_validate_top1_and_top5_equal_a_hand_count(tmp_path):
-    from vonenet_brainscore.training.imagenet import validate
+    from vonenet_brainscore.training.evaluate import validate
     classes = 8
     for k in range(classes):  # class k: one constant image of grey level 30 k
         folder = tmp_path / 'val' / f'class{k}'
@@ -89,7 +89,7 @@ def test_validate_top1_and_top5_equal_a_hand_count(tmp_path):
 
 
 def test_max_images_is_an_evenly_spaced_subset():
-    from vonenet_brainscore.training.imagenet import _evenly_spaced
+    from vonenet_brainscore.training.evaluate import _evenly_spaced
     assert _evenly_spaced(100, 5) == [0, 25, 50, 74, 99]  # round(99 k / 4)
     assert _evenly_spaced(10, 10) == list(range(10)) and _evenly_spaced(10, None) == list(range(10))
     picked = _evenly_spaced(1000, 10)  # 1000 images, class by class (100 per class): one from each class
@@ -129,7 +129,7 @@ def test_pgd_steps_are_a_quarter_of_eps_with_no_random_start():
 
 def test_training_recipe_defaults_are_the_originals():
     from vonenet_brainscore import cli
-    from vonenet_brainscore.training.imagenet import TrainingSettings
+    from vonenet_brainscore.training.recipe import TrainingSettings
     settings = TrainingSettings()
     assert {name: getattr(settings, name) for name in RECIPE} == RECIPE
     helps = {action.dest: action.help for action in cli.build_parser()._subparsers._group_actions[0]

@@ -166,7 +166,7 @@ def test_mapping_reduces_layers_to_1000_components_by_default():
 def test_training_uses_the_original_augmentation():
     """README: training uses random resized crops and horizontal flips, at 224 px, normalised with 0.5."""
     from torchvision import transforms
-    from vonenet_brainscore.training.imagenet import training_transform
+    from vonenet_brainscore.training.data import training_transform
     steps = training_transform().transforms
     assert [type(step) for step in steps] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip,
                                               transforms.ToTensor, transforms.Normalize]

@@ -6,7 +6,8 @@ from torch import nn
 
 from published_checkpoint import published_checkpoint as _published_checkpoint, randomise_ as _randomise_
 from vonenet_brainscore import get_model
-from vonenet_brainscore.vone import VOneBlock, sample_gabor_parameters
+from vonenet_brainscore.vone.block import VOneBlock
+from vonenet_brainscore.vone.params import sample_gabor_parameters
 
 ATOL = 1e-5
 

@@ -12,7 +12,10 @@ import torchvision
 from synthetic_imagefolder import CLASSES, make_imagefolder
 from vonenet_brainscore import DataError, build_vonenet
 from vonenet_brainscore.cli import main
-from vonenet_brainscore.training.imagenet import DataWarning, image_folder, train, validate
+from vonenet_brainscore.errors import DataWarning
+from vonenet_brainscore.training.data import image_folder
+from vonenet_brainscore.training.evaluate import validate
+from vonenet_brainscore.training.train import train
 
 # One epoch on 8 images of 64 px: a real checkpoint in seconds.
 FIRST_RUN = ['--epochs', '1', '--batch-size', '4', '--lr', '0.001', '--step-size', '5', '--workers', '0',
@@ -124,7 +127,7 @@ def test_resume_past_the_last_epoch_says_there_is_nothing_to_train(folder, resum
 # --- output folder, before any work ----------------------------------------------------------------
 
 def test_train_output_path_that_is_a_file_fails_before_training(folder, tmp_path):
-    from vonenet_brainscore.training.imagenet import OutputPathError
+    from vonenet_brainscore.training.train import OutputPathError
     target = tmp_path / 'checkpoints'
     target.write_text('a file')
     with pytest.raises(OutputPathError, match='is an existing file'):

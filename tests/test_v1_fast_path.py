@@ -35,7 +35,8 @@ from vonenet_brainscore.errors import StimulusError  # noqa: E402
 from vonenet_brainscore.brain.extraction import VOneNetActivations, image_digest  # noqa: E402
 from vonenet_brainscore.preprocessing import brainscore_preprocessing  # noqa: E402
 from vonenet_brainscore.scoring.v1_properties import screen, stimuli  # noqa: E402
-from vonenet_brainscore.scoring.v1_properties.score import fast_scoring, v1_window_for  # noqa: E402
+from vonenet_brainscore.brain.v1_window import around_property_stimuli  # noqa: E402
+from vonenet_brainscore.scoring.v1_properties.score import fast_scoring  # noqa: E402
 
 TARGET_DEGREES = 8  # the VOneNets' commitment
 
@@ -190,9 +191,9 @@ def _activations(noise_mode='neuronal', channels=None):
     kwargs = {} if channels is None else {'simple_channels': channels, 'complex_channels': channels}
     network = build_vonenet(None, noise_mode=noise_mode, **kwargs)
     activations = VOneNetActivations(network, identifier=f'fast-test-{noise_mode}-{channels}',
-                                     preprocessing=brainscore_preprocessing(224), batch_size=32)
+                                     preprocessing=brainscore_preprocessing(224), batch_size=32,
+                                     v1_window=around_property_stimuli(network.vone_block))
     model = VOneNetBrainModel(activations.identifier, activations, load_commitment('resnet50'))
-    activations.set_v1_window(v1_window_for(model))
     return activations, model
 
 
@@ -310,7 +311,8 @@ SCORE = textwrap.dedent('''
         return rates
     properties_common.filter_receptive_fields, properties_common.get_firing_rates = observed_filter, observed_rates
 
-    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model, score_v1_properties, v1_window_for
+    from vonenet_brainscore.brain.v1_window import around_property_stimuli
+    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model, score_v1_properties
     benchmarks, fast, model_name = sys.argv[1].split(','), sys.argv[2] == 'fast', sys.argv[3]
     if not fast:  # today's path is many small torch operations, which other processes slow down most
         import torch  # on several threads; the thread count changes no value (tested in this file)
@@ -323,9 +325,9 @@ SCORE = textwrap.dedent('''
         from vonenet_brainscore.preprocessing import brainscore_preprocessing
         network = build_vonenet(None, simple_channels=16, complex_channels=16, noise_mode='neuronal')
         activations = VOneNetActivations(network, identifier='tiny-vone-noise',
-                                         preprocessing=brainscore_preprocessing(224), batch_size=32)
+                                         preprocessing=brainscore_preprocessing(224), batch_size=32,
+                                         v1_window=around_property_stimuli(network.vone_block))
         model = VOneNetBrainModel(activations.identifier, activations, load_commitment('resnet50'))
-        activations.set_v1_window(v1_window_for(model))
         results = score_brain_model(model, benchmarks, progress=False, fast=fast)
     else:
         results = score_v1_properties(model_name, benchmarks, pretrained=False, progress=False, fast=fast)

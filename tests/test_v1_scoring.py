@@ -15,9 +15,9 @@ import pytest
 from vonenet_brainscore.errors import VOneNetError
 from vonenet_brainscore.scoring.v1_properties.figures import plot_property, property_histograms
 from vonenet_brainscore.scoring.v1_properties.registry import OFFLINE_BENCHMARKS
-from vonenet_brainscore.scoring.v1_properties.score import (STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, BenchmarkResult,
-                                                    resolve_benchmarks)
-from vonenet_brainscore.vone import VOneBlock
+from vonenet_brainscore.brain.v1_window import STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG
+from vonenet_brainscore.scoring.v1_properties.score import BenchmarkResult, resolve_benchmarks
+from vonenet_brainscore.vone.block import VOneBlock
 
 
 def test_resolve_benchmarks():
@@ -63,7 +63,8 @@ SCORE_TINY = textwrap.dedent('''
     from vonenet_brainscore.brain.commitments import load_commitment
     from vonenet_brainscore.brain.extraction import VOneNetActivations
     from vonenet_brainscore.preprocessing import brainscore_preprocessing
-    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model, v1_window_for
+    from vonenet_brainscore.brain.v1_window import around_property_stimuli
+    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model
 
     network = build_vonenet(None, simple_channels=8, complex_channels=8, noise_mode=None)
     # Same Gabor arithmetic in both pipelines (the crops use 'grouped'): the benchmark's neuron
@@ -78,9 +79,9 @@ SCORE_TINY = textwrap.dedent('''
                                 region_layer_map={'V1': 'vone_block'}, visual_degrees=8)
     else:
         activations = VOneNetActivations(network, identifier='tiny-vone-window',
-                                         preprocessing=brainscore_preprocessing(224), batch_size=64)
+                                         preprocessing=brainscore_preprocessing(224), batch_size=64,
+                                         v1_window=around_property_stimuli(network.vone_block))
         model = VOneNetBrainModel(activations.identifier, activations, load_commitment('resnet50'))
-        activations.set_v1_window(v1_window_for(model))
     # the stock run goes through Brain-Score's files all the way (no in-memory screen)
     results = score_brain_model(model, [sys.argv[1]], progress=False, fast=sys.argv[2] != 'stock')
     json.dump([r.as_dict() for r in results], sys.stdout)
@@ -134,7 +135,8 @@ SCORE_PUBLISHED_BLOCK = textwrap.dedent('''
     from brainscore_vision.model_helpers.brain_transformation import ModelCommitment
     from vonenet_brainscore import get_model
     from vonenet_brainscore.preprocessing import brainscore_preprocessing
-    from vonenet_brainscore.scoring.v1_properties.score import STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG, score_brain_model
+    from vonenet_brainscore.brain.v1_window import STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG
+    from vonenet_brainscore.scoring.v1_properties.score import score_brain_model
 
     class WindowOfV1(nn.Module):
         """The VOneBlock's units at output rows r0:r1, columns c0:c1 of its 56 x 56 map: with stride

@@ -1,5 +1,8 @@
 """Brain-Score settings that our own calls into Brain-Score need, applied per call, never at import.
 
+On the foundation floor: scoring wraps its ``load_benchmark``/``load_model`` calls in
+:func:`offline_defaults`; the command line calls :func:`set_process_defaults` once.
+
 Brain-Score's plugin loader pip-installs a plugin's requirements unless ``BS_INSTALL_DEPENDENCIES=no``
 (into whatever ``pip`` is first on PATH), and boto probes cloud metadata for about 90 s before any S3
 failure unless ``AWS_EC2_METADATA_DISABLED=true``. Setting them at import would change how a Brain-Score

@@ -1,5 +1,8 @@
 """Stimulus images as 8-bit RGB, from every Pillow mode, with errors that name the file.
 
+On the foundation floor: ``preprocessing`` loads every image through :func:`open_rgb`, and the V1 scoring
+screen converts in-memory images with :func:`to_rgb`, so files and memory follow the same rules.
+
 Brain-Score's loader (``brainscore_vision.model_helpers.activations.pytorch.load_image``) means to
 hand every image on as RGB, but it only converts modes whose name holds L, A or P: a CMYK JPEG keeps
 4 channels, YCbCr and HSV pass as if they were RGB, and 1-bit, 16-bit and float images keep one

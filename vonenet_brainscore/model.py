@@ -1,8 +1,9 @@
-"""Assemble a VOneNet: VOneBlock -> 1x1 bottleneck -> back-end, with the original module names."""
+"""A VOneNet: the V1 model (``vone/``) -> 1x1 bottleneck -> a back-end (``backends/``), with the
+original module names, so published checkpoints load into it key for key. Everything above this
+floor (published weights, brain models, scoring, training) builds its networks here."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from .backends import build_backend, first_conv_in_channels
 from .seeding import torch_global_seed
-from .vone import VOneBlock, VOneBlockConfig
+from .vone.block import VOneBlock, VOneBlockConfig
 from .vone.inputs import check_images, check_matches
 
 BOTTLENECK_CHANNELS = 64
@@ -22,19 +23,20 @@ class VOneNet(nn.Sequential):
     ``arch`` names the back-end (or ``None`` for a custom one); ``config`` is the VOneBlock's.
     """
 
+    config = property(lambda self: self.vone_block.config, doc="The VOneBlock's settings (read-only).")
+    image_size = property(lambda self: self.config.image_size, doc="The side, in pixels, of the images it takes.")
+    visual_degrees = property(lambda self: self.config.visual_degrees, doc="How many degrees those images span.")
+
     def __init__(self, vone_block: VOneBlock, backend: Optional[nn.Module], arch: Optional[str] = None,
                  bottleneck_channels: int = BOTTLENECK_CHANNELS):
         modules = OrderedDict(vone_block=vone_block)
         if backend is not None:
-            bottleneck = nn.Conv2d(vone_block.out_channels, bottleneck_channels, kernel_size=1, bias=False)
+            bottleneck = nn.Conv2d(vone_block.config.out_channels, bottleneck_channels, kernel_size=1, bias=False)
             nn.init.kaiming_normal_(bottleneck.weight, mode='fan_out', nonlinearity='relu')
             modules['bottleneck'] = bottleneck
             modules['model'] = backend
         super().__init__(modules)
         self.arch = arch
-        self.config: VOneBlockConfig = vone_block.config
-        self.image_size = vone_block.config.image_size
-        self.visual_degrees = vone_block.config.visual_degrees
 
     def forward(self, images):
         """Logits (or the VOneBlock's output, without a back-end) for a normalised (N, 3, H, W) batch.
@@ -45,20 +47,11 @@ class VOneNet(nn.Sequential):
         """
         block = self.vone_block
         check_images(images, where='the VOneNet', in_channels=block.in_channels, ksize=block.config.ksize,
-                     padding=block.simple_conv_q0.padding, check_finite=False)
+                     padding=block.config.padding, check_finite=False)
         weight = getattr(self._modules.get('bottleneck'), 'weight', None)
         if isinstance(weight, torch.Tensor):  # the block's output must suit the back-end's weights
             check_matches(images, weight, where='the VOneNet')
         return super().forward(images)
-
-    @property
-    def gabor_params(self) -> dict:
-        """The sampled Gabor parameters and their settings, keyed as in the original code."""
-        p, c = self.vone_block.gabor_parameters, self.config
-        return {'simple_channels': c.simple_channels, 'complex_channels': c.complex_channels,
-                'rand_param': c.rand_param, 'gabor_seed': c.gabor_seed, 'sf_max': c.sf_max,
-                'sf_corr': c.sf_corr, 'sf': p.sf.copy(), 'theta': p.theta.copy(), 'phase': p.phase.copy(),
-                'nx': p.nx.copy(), 'ny': p.ny.copy()}
 
 
 def build_vonenet(arch: Optional[str] = 'resnet50', *, num_classes: int = 1000, init_seed: Optional[int] = 0,

@@ -1,4 +1,11 @@
-"""Image loading and the preprocessing VOneNets were trained with (mean = std = 0.5 per channel)."""
+"""Image loading and preprocessing, below the brain model: the evaluation crop of training and
+classification, and Brain-Score's loader for brain models.
+
+A brain model's preprocessing follows its commitment (``commitments/*.json``: image size, normalisation;
+``brain.model`` passes them in). The defaults here are the published values, what VOneNets were trained
+with (mean = std = 0.5 per channel, 224 px), for what no commitment applies to: a bare block or network,
+training, classification.
+"""
 from __future__ import annotations
 
 import functools
@@ -15,6 +22,7 @@ from .images import open_rgb, to_rgb  # noqa: F401 (to_rgb: the same rules for i
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 IMAGE_SIZE = 224
+"""The published training normalisation and size (every commitments/*.json states the same)."""
 
 
 def load_image(path) -> Image.Image:
@@ -101,10 +109,10 @@ class BrainScorePreprocessing:
         return np.ascontiguousarray(values)
 
 
-def brainscore_preprocessing(image_size: int = IMAGE_SIZE) -> BrainScorePreprocessing:
-    """Brain-Score's loader (whole image resized to size x size) with VOneNet normalisation
-    (see :class:`BrainScorePreprocessing`)."""
-    return BrainScorePreprocessing(image_size)
+def brainscore_preprocessing(image_size: int = IMAGE_SIZE, mean=MEAN, std=STD) -> BrainScorePreprocessing:
+    """Brain-Score's loader (whole image resized to size x size) with the given normalisation, by default
+    the published one (see :class:`BrainScorePreprocessing`)."""
+    return BrainScorePreprocessing(image_size, mean, std)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""AlexNet back-end: torchvision's AlexNet after its first convolution and pooling.
+"""AlexNet back-end (registered as ``alexnet``): torchvision's AlexNet after its first convolution and pooling.
 
 The VOneBlock (stride 4) and bottleneck replace conv1 + pool1; the next convolution takes stride 2
 so that the feature maps keep AlexNet's sizes (56 -> 28 -> 14 -> 7 at 224 px). Indices in
@@ -33,6 +33,6 @@ class AlexNetBackEnd(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-@register_backend('alexnet')
+@register_backend('alexnet', classifier='classifier.6')
 def alexnet_backend(num_classes: int = 1000) -> AlexNetBackEnd:
     return AlexNetBackEnd(num_classes=num_classes)

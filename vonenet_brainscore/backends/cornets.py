@@ -1,4 +1,4 @@
-"""CORnet-S back-end (Kubilius et al. 2019): recurrent areas V2, V4 and IT, then a decoder.
+"""CORnet-S back-end (registered as ``cornets``; Kubilius et al. 2019): recurrent areas V2, V4 and IT, then a decoder.
 
 Each area runs ``times`` recurrent steps with a separate BatchNorm per step. The area's ``output``
 module is called once per step, so a forward hook on ``model.V4.output`` sees every time step in
@@ -82,6 +82,6 @@ class CORnetSBackEnd(nn.Module):
         return self.decoder(self.IT(self.V4(self.V2(x))))
 
 
-@register_backend('cornets')
+@register_backend('cornets', classifier='decoder.linear')
 def cornets_backend(num_classes: int = 1000) -> CORnetSBackEnd:
     return CORnetSBackEnd(num_classes=num_classes)

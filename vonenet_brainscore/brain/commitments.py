@@ -1,19 +1,41 @@
-"""Read and check the layer-to-region commitments kept as data in ``commitments/<model>.json``."""
+"""Read and check the commitments kept as data in ``commitments/<model>.json``: the one source of a brain
+model's region -> layer map, time bins, visual degrees and preprocessing.
+
+Part of the brain model (brain/): ``brain.model`` builds brain models from these commitments, and the
+scoring modules commit other layers to a region through :meth:`Commitment.with_region_layers` and read
+recording time bins through :func:`recording_time_bins`, so each rule is written once, here.
+"""
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from torch import nn
+import numpy as np
 
 from ..errors import CommitmentError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 REGIONS = ('V1', 'V2', 'V4', 'IT')
 COMMITMENTS_PACKAGE = f"{__package__.rsplit('.', 1)[0]}.commitments"  # relative: the package also travels inside a Brain-Score plugin
 TimeBin = Tuple[int, int]
+
+
+def parse_time_bins(bins) -> List[TimeBin]:
+    """(start, end) ms pairs as tuples of ints, from pairs of any kind (lists, tuples, numpy arrays)."""
+    return [tuple(int(t) for t in np.asarray(b).tolist()) for b in bins]
+
+
+def recording_time_bins(time_bins: Sequence) -> List[TimeBin]:
+    """The time bins a brain model's ``start_recording`` was given, parsed; at least one is needed."""
+    bins = parse_time_bins(time_bins)
+    if not bins:
+        raise ValueError("start_recording needs at least one (start, end) time bin")
+    return bins
 
 
 class UnknownLayerError(CommitmentError):
@@ -85,6 +107,20 @@ class Commitment:
             {region: bins for region, bins in self.time_bins.items() if region not in region_layers}
         return replace(self, region_layers={**self.region_layers, **region_layers}, time_bins=time_bins)
 
+    def check_screen(self, network: nn.Module) -> None:
+        """The commitment's visual degrees and image size are the brain model's; a VOneBlock's own (from its
+        checkpoint or settings, which its Gabor filters were built for) must agree, or the model would see
+        its images at another scale than the one it commits to."""
+        config = getattr(getattr(network, 'vone_block', None), 'config', None)
+        if config is None:
+            return
+        if (float(config.visual_degrees), int(config.image_size)) != (self.visual_degrees, self.image_size):
+            raise CommitmentError(
+                f"{self.source} commits {self.model} to {self.visual_degrees:g} deg shown at {self.image_size} px, "
+                f"but this network's VOneBlock was built for {config.visual_degrees:g} deg at {config.image_size} "
+                f"px (its filters' spatial frequencies depend on both): use a network built for the committed "
+                f"screen, or a commitment for this one")
+
     def check_layers(self, model: nn.Module) -> None:
         """Fail early, naming the layer, if the map points at a module the model does not have."""
         names = {name for name, _ in model.named_modules()}
@@ -132,7 +168,7 @@ def parse_commitment(data: dict, source: str = 'commitment') -> Commitment:
     preprocessing = need('preprocessing')
     time_bins = data.get('time_bins')
     if time_bins is not None:
-        time_bins = {region: [tuple(int(t) for t in b) for b in bins] for region, bins in time_bins.items()}
+        time_bins = {region: parse_time_bins(bins) for region, bins in time_bins.items()}
         for region, bins in time_bins.items():
             if region not in region_layers or any(len(b) != 2 or b[0] >= b[1] for b in bins):
                 raise CommitmentError(f"{source}: time bins of {region} must be (start, end) pairs with start < end "

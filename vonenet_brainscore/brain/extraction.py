@@ -1,5 +1,6 @@
 """Activation extraction for Brain-Score that does no needless work and treats noise as trials.
 
+Part of the brain model (brain/): ``brain.model`` records every region through :class:`VOneNetActivations`.
 Differences from Brain-Score's stock ``PytorchWrapper`` (same assemblies, same coordinates):
 - batches are not padded to ``batch_size`` (3 images cost 3 forward passes, not 64);
 - the forward pass stops after the last stage that holds a requested layer;
@@ -10,27 +11,24 @@ Differences from Brain-Score's stock ``PytorchWrapper`` (same assemblies, same c
 - a stochastic VOneBlock draws its noise per image from (noise seed, trial, image content), so
   responses are reproducible whatever the batch size or order. ``trials(n)`` averages n draws;
   with ``require_variance`` each of Brain-Score's trials is one draw (instead of a microsaccade);
-- cached activations are never served for other stimuli. Brain-Score's activation cache
-  (result_caching) is keyed by model and stimulus-set identifier, not by the images: the same
-  identifier over other files used to end in a bare ``AssertionError`` (a stimulus set) or return the
-  old activations under the old paths (a list of paths), and files rewritten in place were served
-  stale. Next to each cache entry a small ``<entry>.stimuli.json`` records the stimulus paths and the
-  files' size, modification time and BLAKE2 hash; a request whose paths or file contents differ
-  raises ``StaleActivationsError`` before any work, saying how to fix it. Unchanged size and
-  modification time count as unchanged content (as in make and rsync); otherwise the hash decides.
+- V1 can be recorded in a window of the VOneBlock's map only (``v1_window`` for the model's life,
+  ``windowed(window)`` for a scope), computing only those units;
+- cached activations are never served for other stimuli (``brain.activation_cache``).
+
+What changes the activations beyond the network (the V1 window, the trials, whether they are stored)
+is one immutable :class:`Recording`, replaced only inside the scopes ``windowed``, ``trials`` and
+``unstored`` and restored when they end; the cache identifier is derived from it, so it always records
+everything that changes the activations.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import re
-import shlex
-import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -42,13 +40,14 @@ from tqdm.auto import tqdm
 
 from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
 
-from brainscore_vision.model_helpers.activations import core as brainscore_core
-from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper, lstrip_local
+from brainscore_vision.model_helpers.activations.core import ActivationsExtractorHelper
 from brainscore_vision.model_helpers.activations.pytorch import PytorchWrapper
 
-from ..errors import StimulusError
 from ..seeding import image_noise_seed
 from ..vone.block import NEURONAL_NOISE_EPS
+from .activation_cache import check_manifest, fingerprint, locate_entry, path_difference, stale, unique_stimuli
+from .brainscore_access import batch_hooks_of, extractor_of, microsaccades_of, network_of
+from .v1_window import VOBLOCK_LAYERS, Window
 
 logger = logging.getLogger(__name__)
 
@@ -57,103 +56,45 @@ _FLATTENED_COORDS = {1: ('channel', 'channel_x', 'channel_y'), 2: ('channel', 'e
                      3: ('channel', 'channel_x', 'channel_y'), 4: ('channel_temporal', 'channel_x', 'channel_y', 'channel')}
 
 _TIME_STEP = re.compile(r'-t(\d+)$')
-V1_LAYERS = {'vone_block', 'vone_block.output'}
+# fast scoring answers a repeated request from memory when its activations take at most this much
+REPEAT_LIMIT_BYTES = 512 * 2 ** 20
 
 
 class _StopForward(Exception):
     """Raised from a hook once every requested layer has been recorded."""
 
 
-class StaleActivationsError(StimulusError):
-    """Brain-Score's activation cache holds, under this stimulus set's identifier, activations of other stimuli."""
+@dataclass(frozen=True)
+class Recording:
+    """What a recording computes beyond the network's settings, and whether it is kept.
+
+    ``window``: V1 only at these VOneBlock output units; ``trials``: (number_of_trials, require_variance)
+    as a Brain-Score call asks for them, None outside any call (one draw); both enter the cache identifier.
+    ``store``: whether Brain-Score may write the activations to its result cache (it changes no value)."""
+
+    window: Optional[Window] = None
+    trials: Optional[Tuple[int, bool]] = None
+    store: bool = True
+
+    def averaged_draws(self, stochastic: bool) -> int:
+        """Noise draws averaged per image (each of Brain-Score's trials is one draw with ``require_variance``)."""
+        if self.trials is None or not stochastic or self.trials[1]:
+            return 1
+        return self.trials[0]
+
+    def identifier(self, settings: str, stochastic: bool) -> str:
+        """The cache identifier: the network's settings, the window, then the trials."""
+        identifier = settings + window_suffix(self.window)
+        if self.trials is None:
+            return identifier
+        number, require_variance = self.trials
+        return identifier + (f',trial_draws={number}' if require_variance else
+                             f',trials={number}' if stochastic else '')
 
 
-MANIFEST_SUFFIX = '.stimuli.json'
-# fast scoring answers a repeated request from memory when its activations take at most this much
-REPEAT_LIMIT_BYTES = 512 * 2 ** 20
-_MANIFEST_VERSION = 1
-_SHOWN = 3  # example paths in an error message
-
-
-def _file_hash(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, 'rb') as file:
-        for chunk in iter(lambda: file.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fingerprint(path: str) -> Optional[list]:
-    """[size, mtime_ns, hash] of a file, or None if it cannot be read."""
-    try:
-        stat = os.stat(path)
-        return [stat.st_size, stat.st_mtime_ns, _file_hash(path)]
-    except OSError:
-        return None
-
-
-def _unique_stimuli(paths) -> "OrderedDict[str, str]":
-    """Brain-Score's comparison key of each path (``lstrip_local``: the part from ``.brainio`` on) ->
-    the path as given, once each, in order."""
-    unique: "OrderedDict[str, str]" = OrderedDict()
-    for path in paths:
-        unique.setdefault(lstrip_local(str(path)), str(path))
-    return unique
-
-
-def _examples(paths) -> str:
-    shown = ', '.join(paths[:_SHOWN])
-    return shown + (f' and {len(paths) - _SHOWN} more' if len(paths) > _SHOWN else '')
-
-
-class ActivationCacheEntry:
-    """Where result_caching keeps one model's activations for one stimulus set, and its stimuli manifest."""
-
-    def __init__(self, key: str, path: Optional[str], stimuli_identifier: str):
-        self.key = key
-        self.path = path  # None: the S3 backend, where no manifest is kept
-        self.stimuli_identifier = stimuli_identifier
-
-    @property
-    def manifest_path(self) -> str:
-        return self.path + MANIFEST_SUFFIX
-
-    def exists(self) -> bool:
-        return self.path is not None and os.path.isfile(self.path)
-
-    def how_to_clear(self) -> str:
-        if self.path is None:
-            return f"delete the entry {self.key!r} from the result_caching S3 bucket"
-        return f"rm {shlex.quote(self.path)}*  (the entry and its {MANIFEST_SUFFIX})"
-
-    def read_manifest(self) -> Optional[dict]:
-        try:
-            with open(self.manifest_path, encoding='utf-8') as file:
-                manifest = json.load(file)
-            if manifest.get('version') == _MANIFEST_VERSION and \
-                    len(manifest['paths']) == len(manifest['files']):
-                return manifest
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return None
-
-    def write_manifest(self, stimuli: "OrderedDict[str, str]", files: list) -> None:
-        manifest = {'version': _MANIFEST_VERSION, 'stimuli_identifier': self.stimuli_identifier,
-                    'paths': list(stimuli), 'files': files}
-        directory = os.path.dirname(self.manifest_path)
-        try:
-            handle, temporary = tempfile.mkstemp(dir=directory, prefix='.stimuli-', suffix='.part')
-            try:
-                with os.fdopen(handle, 'w', encoding='utf-8') as file:
-                    json.dump(manifest, file)
-                os.replace(temporary, self.manifest_path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
-        except OSError as error:
-            logger.warning(f"could not record the stimuli of the activation cache entry {self.path} ({error}); "
-                           f"a later request under stimulus set {self.stimuli_identifier!r} cannot be checked "
-                           f"against them")
+def window_suffix(window: Optional[Window]) -> str:
+    """What a V1 window adds to an identifier."""
+    return '' if window is None else ',v1_window=' + ':'.join(map(str, window))
 
 
 def split_time_step(layer: str):
@@ -167,7 +108,7 @@ def image_digest(image: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).digest()
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Give memory freed by the process back to the system (glibc keeps freed blocks of up to 32 MB
     in its heaps, and batch buffers are that size); nothing where the C library has no malloc_trim."""
     global _malloc_trim
@@ -186,25 +127,31 @@ _malloc_trim = None
 
 
 class LeanExtractor(ActivationsExtractorHelper):
-    """Brain-Score's extractor without batch padding, and with noise trials for stochastic models."""
+    """Brain-Score's extractor without batch padding, and with noise trials for stochastic models.
+
+    Its owner (the :class:`VOneNetActivations` that built it) decides what is computed; the extractor
+    reads it through the owner's public members only."""
 
     owner: 'VOneNetActivations'
-    store_activations = True  # False: never write activations to Brain-Score's result cache
     _last = None  # fast scoring: (key, activations) of the last request, served again to the same request
+
+    def forget_repeat(self) -> None:
+        """Drop the last request's activations that fast scoring keeps to answer a repeat."""
+        self._last = None
 
     def _repeat_key(self, stimuli_paths, layers, require_variance):
         """Fast scoring only: what identifies a request whose images are all served from memory (their
         content fixed for the run), so the same request can be answered again without recomputing."""
         serves = getattr(self.preprocess, 'serves', None)
-        if not getattr(self.owner, 'fast', False) or serves is None or not serves(stimuli_paths):
+        if not self.owner.fast or serves is None or not serves(stimuli_paths):
             return None
         return (self.identifier, tuple(map(str, stimuli_paths)), tuple(layers or ()), bool(require_variance),
-                self._microsaccade_helper.number_of_trials)
+                microsaccades_of(self).number_of_trials)
 
     def __call__(self, stimuli, layers, stimuli_identifier=None, number_of_trials: int = 1,
                  require_variance: bool = False):
         if not require_variance:  # Brain-Score keeps the last call's trial count; a plain call has one
-            self._microsaccade_helper.number_of_trials = 1
+            microsaccades_of(self).number_of_trials = 1
         handle = self.register_batch_activations_hook(self._image_major) \
             if require_variance and number_of_trials > 1 else None
         try:
@@ -217,7 +164,7 @@ class LeanExtractor(ActivationsExtractorHelper):
     def _image_major(self, batch_activations):
         """Reorder a batch's rows from trial-major (how Brain-Score computes them) to image-major (how
         it labels them: each path repeated once per trial), so every row carries its own image's label."""
-        trials = self._microsaccade_helper.number_of_trials
+        trials = microsaccades_of(self).number_of_trials
         reordered = OrderedDict()
         for layer, values in batch_activations.items():
             images = values.shape[0] // trials
@@ -225,113 +172,35 @@ class LeanExtractor(ActivationsExtractorHelper):
         return reordered
 
     def from_paths(self, stimuli_paths, layers, stimuli_identifier=None, require_variance=None):
-        if not self.store_activations:  # no stimuli identifier: Brain-Score neither stores nor filters
+        if not self.owner.stores_activations:  # no stimuli identifier: Brain-Score neither stores nor filters
             stimuli_identifier = None
         if not stimuli_identifier:  # nothing is cached, so nothing can be stale
-            key = self._repeat_key(stimuli_paths, layers, require_variance)
-            if key is not None and self._last is not None and self._last[0] == key:
-                return self._last[1].copy(deep=True)
-            activations = super().from_paths(stimuli_paths, layers, stimuli_identifier=stimuli_identifier,
-                                             require_variance=require_variance)
-            self._last = None
-            if key is not None and activations.nbytes <= REPEAT_LIMIT_BYTES:
-                self._last = (key, activations.copy(deep=True))
-            return activations
-        stimuli = _unique_stimuli(stimuli_paths)
-        entry = self.cache_entry(stimuli_identifier, require_variance)
+            return self._uncached(stimuli_paths, layers, require_variance)
+        stimuli = unique_stimuli(stimuli_paths)
+        entry = locate_entry(self, stimuli_identifier, require_variance)
         files = None
         if entry is not None and entry.exists():  # refuse before any work (or a merge into the entry)
-            files = self._check_manifest(entry, stimuli)
+            files = check_manifest(self.identifier, entry, stimuli)
         activations = super().from_paths(stimuli_paths, layers, stimuli_identifier=stimuli_identifier,
                                          require_variance=require_variance)
-        cached = list(_unique_stimuli(activations['stimulus_path'].values))
+        cached = list(unique_stimuli(activations['stimulus_path'].values))
         if cached != list(stimuli):  # an entry written before manifests, or by another version
-            self._stale(entry, stimuli_identifier, self._path_difference(cached, list(stimuli)))
+            stale(self.identifier, entry, stimuli_identifier, path_difference(cached, list(stimuli)))
         if entry is not None and entry.exists() and files is not True:
-            entry.write_manifest(stimuli, files or [_fingerprint(path) for path in stimuli.values()])
+            entry.write_manifest(stimuli, files or [fingerprint(path) for path in stimuli.values()])
         return activations
 
-    # --- stale-cache guard --------------------------------------------------------------------------
-    def cache_entry(self, stimuli_identifier, require_variance=None) -> Optional[ActivationCacheEntry]:
-        """The result_caching entry that ``from_paths`` reads and writes for this stimulus set, or None
-        when nothing is cached. Built with result_caching's own key and path functions, from the
-        arguments Brain-Score's ``from_paths`` passes to its cached ``_from_paths_stored``."""
-        import result_caching
-        try:
-            wrapper = ActivationsExtractorHelper._from_paths_stored
-            cells = dict(zip(wrapper.__code__.co_freevars, (cell.cell_contents for cell in wrapper.__closure__ or ())))
-            storage, function = cells['self'], cells['function']
-            model_key = getattr(brainscore_core, 'model_cache_identifier', lambda identifier: identifier)
-            stimuli_key = getattr(brainscore_core, 'stimulus_set_cache_identifier', lambda identifier: identifier)
-            model = model_key(self.identifier) if self.identifier else None
-            stimuli = stimuli_key(stimuli_identifier) if stimuli_identifier else None
-            if not (model and stimuli):
-                return None
-            call_args = storage.getcallargs(
-                function, self, identifier=model, layers=None, stimuli_identifier=stimuli,
-                resolution=getattr(self, '_resolution', None) or brainscore_core.NO_RESOLUTION,
-                stimuli_paths=None, require_variance=require_variance)
-            key = storage.get_function_identifier(function, call_args)
-            if not result_caching.is_enabled(key):
-                return None
-            s3 = getattr(result_caching, 's3_enabled', lambda: False)()
-            return ActivationCacheEntry(key, None if s3 else storage.storage_path(key), stimuli_identifier)
-        except Exception as error:  # noqa: BLE001 - another result_caching: keep the check on the result
-            logger.debug(f"activation cache entry not located ({type(error).__name__}: {error})")
-            return None
-
-    def _check_manifest(self, entry: ActivationCacheEntry, stimuli: "OrderedDict[str, str]"):
-        """Raise StaleActivationsError if the entry was computed on other paths or other file contents.
-
-        Returns True when the manifest stands as it is, the refreshed file records when only
-        modification times changed, and None when there is no manifest to check against."""
-        manifest = entry.read_manifest()
-        if manifest is None:
-            return None
-        if manifest['paths'] != list(stimuli):
-            self._stale(entry, entry.stimuli_identifier, self._path_difference(manifest['paths'], list(stimuli)))
-        changed, files, refreshed = [], [], False
-        for path, recorded in zip(stimuli.values(), manifest['files']):
-            try:
-                stat = os.stat(path)
-            except OSError:  # gone: Brain-Score serves the cache without reading images, so do we
-                files.append(recorded)
-                continue
-            if recorded is None or [stat.st_size, stat.st_mtime_ns] == recorded[:2]:
-                files.append(recorded)
-            elif stat.st_size != recorded[0] or _file_hash(path) != recorded[2]:
-                changed.append(path)
-            else:  # touched, same bytes
-                files.append([stat.st_size, stat.st_mtime_ns, recorded[2]])
-                refreshed = True
-        if changed:
-            self._stale(entry, entry.stimuli_identifier,
-                        f"{len(changed)} of its {len(stimuli)} image files changed since their activations were "
-                        f"cached ({_examples(changed)})")
-        return files if refreshed else True
-
-    @staticmethod
-    def _path_difference(cached: list, requested: list) -> str:
-        in_cache, in_request = set(cached), set(requested)
-        missing = [path for path in requested if path not in in_cache]
-        others = [path for path in cached if path not in in_request]
-        if not missing and not others:
-            return f"the cache holds the same {len(cached)} images in another order"
-        return (f"{len(missing)} of its {len(requested)} images are not in the cache"
-                + (f" ({_examples(missing)})" if missing else '')
-                + f", which holds {len(cached)} images" + (f", {len(others)} of them others ({_examples(others)})"
-                                                            if others else ''))
-
-    def _stale(self, entry: Optional[ActivationCacheEntry], stimuli_identifier, reason: str):
-        where = entry.how_to_clear() if entry is not None else (
-            f"delete the files named '*identifier={self.identifier},stimuli_identifier={stimuli_identifier},*' "
-            f"under {os.path.expanduser(os.getenv('RESULTCACHING_HOME', '~/.result_caching'))}")
-        raise StaleActivationsError(
-            f"cached activations of model {self.identifier!r} for stimulus set {stimuli_identifier!r} were "
-            f"computed on other stimuli: {reason}. Brain-Score's activation cache is keyed by the stimulus "
-            f"set's identifier, not by its images, so give this stimulus set a new identifier (e.g. "
-            f"stimulus_set.identifier = '{stimuli_identifier}-v2'), or delete the cached activations to "
-            f"recompute them: {where}")
+    def _uncached(self, stimuli_paths, layers, require_variance):
+        """``from_paths`` where nothing is cached; in fast scoring a repeated request is served again."""
+        key = self._repeat_key(stimuli_paths, layers, require_variance)
+        if key is not None and self._last is not None and self._last[0] == key:
+            return self._last[1].copy(deep=True)
+        activations = super().from_paths(stimuli_paths, layers, stimuli_identifier=None,
+                                         require_variance=require_variance)
+        self._last = None
+        if key is not None and activations.nbytes <= REPEAT_LIMIT_BYTES:
+            self._last = (key, activations.copy(deep=True))
+        return activations
 
     def _pad(self, batch_images, batch_size):
         return batch_images, 0
@@ -339,24 +208,24 @@ class LeanExtractor(ActivationsExtractorHelper):
     def _get_activations_batched(self, paths, layers, batch_size: int, require_variance: bool):
         """Brain-Score's loop; in fast scoring, without copying each batch twice (its arrays are
         written straight into the preallocated layer arrays, and batch buffers are reused)."""
-        if not getattr(self.owner, 'fast', False) or require_variance:
+        if not self.owner.fast or require_variance:
             return super()._get_activations_batched(paths, layers, batch_size=batch_size,
                                                     require_variance=require_variance)
-        shifts = self._microsaccade_helper.number_of_trials
+        shifts = microsaccades_of(self).number_of_trials
         total = len(paths) * shifts
         collected = None
         for start in tqdm(range(0, len(paths), batch_size), unit_scale=batch_size, desc='activations'):
             inputs = paths[start:start + batch_size]
             per_shift = OrderedDict()
             # buffers may be reused when each batch's arrays are copied out before the next is computed
-            reuse = shifts == 1 and not self._batch_activations_hooks
+            reuse = shifts == 1 and not batch_hooks_of(self)
             for shift in range(shifts):
                 activations = self._fast_batch_activations(inputs, layers, reuse)
                 for layer, values in activations.items():
                     per_shift.setdefault(layer, []).append(values)
             batch = OrderedDict((layer, values[0] if len(values) == 1 else np.concatenate(values))
                                 for layer, values in per_shift.items())
-            for hook in self._batch_activations_hooks.copy().values():
+            for hook in batch_hooks_of(self).copy().values():
                 batch = hook(batch)
             if collected is None:
                 collected = OrderedDict((layer, np.empty((total,) + values.shape[1:], dtype=values.dtype))
@@ -364,14 +233,15 @@ class LeanExtractor(ActivationsExtractorHelper):
             begin = start * shifts
             for layer, values in batch.items():
                 collected[layer][begin:begin + len(values)] = values
-        self.owner._buffers.clear()
-        _release_free_memory()  # the batches' freed buffers, before Brain-Score's analysis allocates its own
+        self.owner.release_buffers()
+        release_free_memory()  # the batches' freed buffers, before Brain-Score's analysis allocates its own
         return collected
 
     def _package_layer(self, layer_activations: np.ndarray, layer: str, stimuli_paths, require_variance: bool = False):
         """Brain-Score's layer assembly (same values and coordinates), built without per-neuroid
         Python objects: the neuroid MultiIndex is assembled from its codes directly."""
-        runs_per_image = self._microsaccade_helper.number_of_trials if require_variance else 1
+        helper = microsaccades_of(self)
+        runs_per_image = helper.number_of_trials if require_variance else 1
         if layer_activations.shape[0] != len(stimuli_paths) * runs_per_image:
             raise ValueError(f"{layer}: {layer_activations.shape[0]} activation rows for "
                              f"{len(stimuli_paths)} stimuli x {runs_per_image} runs")
@@ -398,30 +268,29 @@ class LeanExtractor(ActivationsExtractorHelper):
         index = pd.MultiIndex(levels=[level for _, level, _ in levels], codes=[codes for _, _, codes in levels],
                               names=[name for name, _, _ in levels], verify_integrity=False)
         presentation = {'stimulus_path': ('presentation', stimuli_paths),
-                        **self._microsaccade_helper.build_microsaccade_coords(stimuli_paths)}
+                        **helper.build_microsaccade_coords(stimuli_paths)}
         array = xr.DataArray(activations, coords={'neuroid': index, **presentation}, dims=['presentation', 'neuroid'])
         return NeuroidAssembly(array)
 
     def _get_batch_activations(self, inputs, layer_names, batch_size: int, require_variance: bool = False,
                                trial_number: int = 1):
-        if not require_variance and getattr(self.owner, 'fast', False):
+        if not require_variance and self.owner.fast:
             return self._fast_batch_activations(inputs, layer_names, reuse=False)
         if not (require_variance and self.owner.stochastic):
             return super()._get_batch_activations(inputs, layer_names, batch_size, require_variance, trial_number)
         # The VOneBlock's own noise supplies the trial-to-trial variance: the image stays put.
-        helper = self._microsaccade_helper
+        helper = microsaccades_of(self)
         for path in inputs:
             helper.microsaccades['pixels'][path] = [(0., 0.)] * helper.number_of_trials
             helper.microsaccades['degrees'][path] = [(0., 0.)] * helper.number_of_trials
-        with self.owner.single_trial(trial_number):
-            return self.get_activations(self.preprocess(inputs), layer_names)
+        return self.get_activations(self.preprocess(inputs), layer_names, trial=trial_number)
 
     def _fast_batch_activations(self, inputs, layer_names, reuse: bool):
         """Brain-Score's ``_get_batch_activations`` without variance, less a copy of the batch: the
         preprocessed images go to the model as they are, with the digests an in-memory preprocessing
         already holds, and each image's (absent) microsaccade is recorded as Brain-Score records it."""
         images = self.preprocess(inputs)
-        helper = self._microsaccade_helper
+        helper = microsaccades_of(self)
         for path in inputs:  # what MicrosaccadeHelper.translate_images records when no variance is asked for
             helper.microsaccades['pixels'][path] = [(0., 0.)]
             helper.microsaccades['degrees'][path] = [(0., 0.)]
@@ -433,26 +302,29 @@ class LeanExtractor(ActivationsExtractorHelper):
 
 
 class VOneNetActivations(PytorchWrapper):
-    """A ``PytorchWrapper`` over a VOneNet (see the module docstring for what it does differently)."""
+    """A ``PytorchWrapper`` over a VOneNet (see the module docstring for what it does differently).
+
+    ``v1_window`` = (r0, r1, c0, c1): V1 recorded only at those VOneBlock output units for the model's
+    life (see :meth:`windowed`)."""
 
     def __init__(self, model: nn.Module, identifier: str, preprocessing, batch_size: int = 16,
-                 noise_seed: int = 0, device: Optional[str] = None):
+                 noise_seed: int = 0, device: Optional[str] = None, v1_window: Optional[Window] = None):
         self._noise_seed = noise_seed
-        self._trials = 1
-        self._trial_number: Optional[int] = None
-        self.v1_window: Optional[Tuple[int, int, int, int]] = None
+        self._settings = identifier
+        self._recording = Recording()
         self.fast = False  # see fast_scoring()
         self._pool: Optional[ThreadPoolExecutor] = None
         self._workers = 1
         self._buffers: Dict[tuple, np.ndarray] = {}
         self._fused_checked: Dict[tuple, bool] = {}
         super().__init__(model=model, preprocessing=preprocessing, identifier=identifier, batch_size=batch_size)
-        if device is not None:
-            self._device = torch.device(device)
-            self._model.to(self._device)
-        self._base_identifier = identifier
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        model.to(self.device)
         self._stages = self._stage_order(model)
         self._module_names = {id(module): name for name, module in model.named_modules()}
+        if v1_window is not None:
+            self._recording = Recording(window=self._checked_window(v1_window))
+            self.identifier = self._recording.identifier(self._settings, self.stochastic)
 
     # --- construction -------------------------------------------------------------------------
     def _build_extractor(self, identifier, preprocessing, get_activations, *args, **kwargs):
@@ -472,62 +344,84 @@ class VOneNetActivations(PytorchWrapper):
                 stages.append(name)
         return stages
 
+    # --- what others read ---------------------------------------------------------------------
+    @property
+    def network(self) -> nn.Module:
+        return network_of(self)
+
+    @property
+    def extractor(self) -> LeanExtractor:
+        return extractor_of(self)
+
     @property
     def settings_identifier(self) -> str:
         """The identifier with every setting that changes activations (without the trial count)."""
-        return self._base_identifier
+        return self._settings + window_suffix(self._recording.window)
 
     @property
     def stochastic(self) -> bool:
-        block = getattr(self._model, 'vone_block', None)
+        block = getattr(self.network, 'vone_block', None)
         return block is not None and block.noise_mode is not None
 
-    def set_v1_window(self, window: Optional[Tuple[int, int, int, int]]) -> None:
-        """Record V1 only at output rows ``r0:r1`` and columns ``c0:c1`` (computing only those).
+    @property
+    def v1_window(self) -> Optional[Window]:
+        """The V1 window in force: the model's own, or that of the :meth:`windowed` scope it is in."""
+        return self._recording.window
+
+    @property
+    def stores_activations(self) -> bool:
+        """Whether Brain-Score may write these activations to its result cache (False within :meth:`unstored`)."""
+        return self._recording.store
+
+    def release_buffers(self) -> None:
+        """Give back the batch buffers fast scoring reuses (after a stimulus set is recorded)."""
+        self._buffers.clear()
+
+    # --- scopes: what a recording computes --------------------------------------------------------
+    @contextmanager
+    def _recording_as(self, **changes):
+        """Within: the recording with ``changes`` (and the identifier that records them); then the previous."""
+        previous = self._recording
+        self._recording = replace(previous, **changes)
+        self.identifier = self._recording.identifier(self._settings, self.stochastic)
+        try:
+            yield self
+        finally:
+            self._recording = previous
+            self.identifier = previous.identifier(self._settings, self.stochastic)
+
+    def _checked_window(self, window: Window) -> Window:
+        block = self.network.vone_block
+        side = block.output_shape()[1]
+        r0, r1, c0, c1 = window
+        half, stride = block.config.ksize // 2, block.stride
+        if not (0 <= r0 < r1 <= side and 0 <= c0 < c1 <= side) or \
+                min(r0, c0) * stride - half < 0 or (max(r1, c1) - 1) * stride + half >= block.config.image_size:
+            raise ValueError(f"V1 window {window} must lie inside the {side} x {side} output map, away "
+                             f"from the border by the filter half-width ({half} px)")
+        return tuple(window)
+
+    def windowed(self, window: Optional[Window]):
+        """Within: V1 recorded only at output rows ``r0:r1`` and columns ``c0:c1`` (computing only those),
+        or, with None, the whole map.
 
         The VOneBlock then runs on the input crop those units see, with no padding, so the values
         equal the full map's at those positions; the cache identifier records the window. Noise
         for the window is drawn at the window's size (same distribution, other draws).
         """
-        if window is not None:
-            block = self._model.vone_block
-            side = block.output_shape()[1]
-            r0, r1, c0, c1 = window
-            half, stride = block.config.ksize // 2, block.stride
-            if not (0 <= r0 < r1 <= side and 0 <= c0 < c1 <= side) or \
-                    min(r0, c0) * stride - half < 0 or (max(r1, c1) - 1) * stride + half >= block.input_size:
-                raise ValueError(f"V1 window {window} must lie inside the {side} x {side} output map, away "
-                                 f"from the border by the filter half-width ({half} px)")
-        self.v1_window = tuple(window) if window is not None else None
-        suffix = '' if window is None else ',v1_window=' + ':'.join(map(str, window))
-        self._base_identifier = self._base_identifier.split(',v1_window=')[0] + suffix
-        self.identifier = self._base_identifier
+        return self._recording_as(window=None if window is None else self._checked_window(window))
 
-    # --- trials ---------------------------------------------------------------------------------
-    @contextmanager
     def trials(self, number_of_trials: int, require_variance: bool = False):
-        """Average ``number_of_trials`` noise draws per image (or, with ``require_variance``, let
-        Brain-Score ask for each draw); the cache identifier records which."""
+        """Within: ``number_of_trials`` noise draws averaged per image (or, with ``require_variance``,
+        one draw per trial Brain-Score asks for); the cache identifier records which."""
         if number_of_trials < 1:
             raise ValueError(f"number_of_trials must be >= 1, got {number_of_trials}")
-        previous = self._trials
-        self._trials = number_of_trials if self.stochastic and not require_variance else 1
-        suffix = (f',trial_draws={number_of_trials}' if require_variance else
-                  f',trials={number_of_trials}' if self.stochastic else '')
-        self.identifier = self._base_identifier + suffix
-        try:
-            yield self
-        finally:
-            self._trials = previous
-            self.identifier = self._base_identifier
+        return self._recording_as(trials=(number_of_trials, bool(require_variance)))
 
-    @contextmanager
-    def single_trial(self, trial_number: int):
-        self._trial_number = trial_number
-        try:
-            yield
-        finally:
-            self._trial_number = None
+    def unstored(self):
+        """Within: activations are never written to Brain-Score's result cache (a run that records each
+        stimulus set once, and caches its results, would only spend time and disk on them)."""
+        return self._recording_as(store=False)
 
     @contextmanager
     def fast_scoring(self, workers: Optional[int] = None):
@@ -557,44 +451,49 @@ class VOneNetActivations(PytorchWrapper):
         finally:
             self.fast, self._pool, self._workers = previous, None, 1
             self._buffers = {}
-            self._extractor._last = None
+            self.extractor.forget_repeat()
             if pool is not None:
                 pool.shutdown(wait=True)
 
     # --- forward --------------------------------------------------------------------------------
-    def get_activations(self, images, layer_names, digests=None, reuse_buffers: bool = False):
+    def get_activations(self, images, layer_names, digests=None, reuse_buffers: bool = False,
+                        trial: Optional[int] = None):
         """Activations of ``layer_names`` for a batch of preprocessed images. ``digests``: the images'
         ``image_digest`` values when already known (otherwise computed here). ``reuse_buffers``
-        (fast scoring): the arrays returned may be overwritten by the next call."""
+        (fast scoring): the arrays returned may be overwritten by the next call. ``trial``: that one
+        noise draw (one of Brain-Score's trials), instead of the recording's average."""
         if self.fast and isinstance(images, np.ndarray):
             batch = torch.from_numpy(images)
         else:
             batch = torch.from_numpy(np.stack(images)) if not isinstance(images, torch.Tensor) else images
-        batch = batch.to(self._device, dtype=next(self._model.parameters()).dtype)
-        self._model.eval()
-        trials = [self._trial_number] if self._trial_number is not None else range(self._trials)
-        block = getattr(self._model, 'vone_block', None)
+        network = self.network
+        batch = batch.to(self.device, dtype=next(network.parameters()).dtype)
+        network.eval()
+        trials = [trial] if trial is not None else range(self._recording.averaged_draws(self.stochastic))
+        block = getattr(network, 'vone_block', None)
         if not self.stochastic:
             digests = None
         elif digests is None:
             digests = [image_digest(np.asarray(image)) for image in images]
         elif len(digests) != len(batch):
             raise ValueError(f"{len(digests)} image digests for a batch of {len(batch)} images")
-        if block is not None and set(layer_names) <= V1_LAYERS:
+        if block is not None and set(layer_names) <= set(VOBLOCK_LAYERS):
             if self.fast:
                 return self._v1_activations_fast(digests, batch, layer_names, list(trials), reuse_buffers)
             return self._v1_activations(digests, batch, layer_names, trials)
         if self.v1_window is not None:
-            raise ValueError(f"a V1 window is set, so only {sorted(V1_LAYERS)} can be recorded, not {layer_names}")
+            raise ValueError(f"a V1 window is set, so only {sorted(VOBLOCK_LAYERS)} can be recorded, not {layer_names}")
+        return self._network_activations(block, digests, batch, layer_names, trials)
+
+    def _network_activations(self, block, digests, batch, layer_names, trials) -> Dict[str, np.ndarray]:
+        """Any layers: one forward pass per noise draw, the draws averaged."""
         totals: Dict[str, np.ndarray] = OrderedDict()
         for trial in trials:
             if self.stochastic:
-                block.fixed_noise = self._trial_noise(digests, trial, block.output_shape(batch.shape[-1]))
-            try:
+                with block.noise_source.frozen(self._trial_noise(digests, trial, block.output_shape(batch.shape[-1]))):
+                    outputs = self._forward_recording(batch, layer_names)
+            else:
                 outputs = self._forward_recording(batch, layer_names)
-            finally:
-                if block is not None:
-                    block.fixed_noise = None
             for name, value in outputs.items():
                 if name in totals:
                     totals[name] += value
@@ -617,7 +516,7 @@ class VOneNetActivations(PytorchWrapper):
 
     def _v1_activations(self, digests, batch, layer_names, trials) -> Dict[str, np.ndarray]:
         """The VOneBlock alone: its linear part once per batch, then only the noise per trial."""
-        block = self._model.vone_block
+        block = self.network.vone_block
         with torch.no_grad():
             crop, padding = self._v1_input(block, batch)
             gabors = block.gabors_f(crop, padding)
@@ -626,11 +525,8 @@ class VOneNetActivations(PytorchWrapper):
             else:
                 mean = None
                 for trial in trials:
-                    block.fixed_noise = self._trial_noise(digests, trial, tuple(gabors.shape[1:]))
-                    try:
+                    with block.noise_source.frozen(self._trial_noise(digests, trial, tuple(gabors.shape[1:]))):
                         response = block.output(block.noise_f(gabors))  # noise_f never writes into gabors
-                    finally:
-                        block.fixed_noise = None
                     mean = response if mean is None else mean.add_(response)
                 if len(trials) > 1:
                     mean /= len(trials)
@@ -639,7 +535,7 @@ class VOneNetActivations(PytorchWrapper):
 
     def _v1_activations_fast(self, digests, batch, layer_names, trials, reuse_buffers) -> Dict[str, np.ndarray]:
         """``_v1_activations`` with less work (see ``fast_scoring``): the same values, bit for bit."""
-        block = self._model.vone_block
+        block = self.network.vone_block
         fused = self.stochastic and block.noise_mode == 'neuronal' and type(block.output) is nn.Identity and \
             isinstance(block.noise, nn.ReLU) and batch.device.type == 'cpu' and batch.dtype == torch.float32 and \
             self._fused_noise_matches(block)
@@ -703,7 +599,7 @@ class VOneNetActivations(PytorchWrapper):
         """Whether ``_neuronal_trials`` gives ``noise_f``'s bits on this machine, checked once per
         noise setting on random responses of both signs (and on sizes with and without a vector tail)
         before it is used; where it does not, the trials run as in ``_v1_activations``."""
-        key = (block.noise_scale, block.noise_level)
+        key = (block.config.noise_scale, block.config.noise_level)
         if key not in self._fused_checked:
             generator = torch.Generator().manual_seed(0)
             matches = True
@@ -713,11 +609,8 @@ class VOneNetActivations(PytorchWrapper):
                     digests = [bytes([index]) * 16 for index in range(shape[0])]
                     reference = None
                     for trial in range(3):  # what _v1_activations does after the Gabor stage
-                        block.fixed_noise = self._trial_noise(digests, trial, tuple(shape[1:]))
-                        try:
+                        with block.noise_source.frozen(self._trial_noise(digests, trial, tuple(shape[1:]))):
                             response = block.output(block.noise_f(gabors))
-                        finally:
-                            block.fixed_noise = None
                         reference = response if reference is None else reference.add_(response)
                     reference /= 3
                     fused = self._neuronal_trials(block, gabors.numpy(), list(range(shape[0])), digests,
@@ -747,7 +640,7 @@ class VOneNetActivations(PytorchWrapper):
         trial are computed once per image, and each image is done in cache, in ``workers`` threads."""
         shape = tuple(gabors.shape[1:])
         mean = self._buffer('mean', (len(where),) + shape, reuse_buffers)
-        scale, level = np.float32(block.noise_scale), np.float32(block.noise_level)
+        scale, level = np.float32(block.config.noise_scale), np.float32(block.config.noise_level)
         eps, zero, count = np.float32(NEURONAL_NOISE_EPS), np.float32(0), np.float32(len(trials))
 
         def work(indices):
@@ -791,7 +684,7 @@ class VOneNetActivations(PytorchWrapper):
         for index, digest in enumerate(digests):
             generator = torch.Generator().manual_seed(image_noise_seed(self._noise_seed, trial, digest))
             torch.randn(tuple(shape), generator=generator, out=noise[index])
-        return noise.to(self._device)
+        return noise.to(self.device)
 
     def _forward_recording(self, batch: torch.Tensor, layer_names) -> Dict[str, np.ndarray]:
         """One forward pass that records the requested layers and stops once it has them all."""
@@ -814,7 +707,7 @@ class VOneNetActivations(PytorchWrapper):
             hooks.append(self.get_layer(stop_stage).register_forward_hook(stop))
         try:
             with torch.no_grad():
-                self._model(batch)
+                self.network(batch)
         except _StopForward:
             pass
         finally:

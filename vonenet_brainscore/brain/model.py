@@ -1,5 +1,10 @@
 """VOneNets as Brain-Score ``BrainModel``s, following the commitments in ``commitments/``.
 
+Part of the brain model (brain/), the top of that floor: ``brain_model`` builds the network (published/),
+its commitment (``brain.commitments``), its preprocessing and its activations model (``brain.extraction``),
+and :class:`VOneNetBrainModel` answers Brain-Score's calls. A Brain-Score plugin imports only this module
+(``brain.plugin.vendoring`` follows its imports).
+
 ``brain_model('vonenet_resnet50')`` loads the published weights, or fails with an error that says
 how to provide them: a registered model never scores an untrained back-end under the published
 model's name. ``pretrained=False`` builds the untrained model on purpose and tags its identifier
@@ -8,25 +13,26 @@ model's name. ``pretrained=False`` builds the untrained model on purpose and tag
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly, walk_coords  # noqa: E402
-from brainscore_vision.model_helpers.brain_transformation.behavior import (  # noqa: E402
+from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly, walk_coords
+from brainscore_vision.model_helpers.brain_transformation.behavior import (
     BehaviorArbiter, LabelBehavior, OddOneOut, ProbabilitiesMapping)
-from brainscore_vision.model_interface import BrainModel  # noqa: E402
+from brainscore_vision.model_interface import BrainModel
 
-from .commitments import Commitment, UnknownLayerError, layer_hint, load_commitment, unknown_layers  # noqa: E402
-from ..errors import CommitmentError  # noqa: E402
-from .extraction import VOneNetActivations  # noqa: E402
-from ..published.naming import (IDENTIFIERS, NONOISE_SUFFIX, UNTRAINED_TAG, BrainModelSpec,  # noqa: E402,F401
-                          brain_identifier, list_identifiers, spec)
-from ..preprocessing import brainscore_preprocessing  # noqa: E402
-from ..published.catalogue import get_model, model_record  # noqa: E402
+from ..errors import CommitmentError
+from ..preprocessing import brainscore_preprocessing
+from ..published.catalogue import get_model, model_record
+from ..published.naming import NONOISE_SUFFIX, UNTRAINED_TAG, BrainModelSpec, spec
+from .brainscore_access import extractor_of, network_of
+from .commitments import (Commitment, UnknownLayerError, layer_hint, load_commitment, recording_time_bins,
+                          unknown_layers)
+from .extraction import VOneNetActivations
+from .v1_window import VOBLOCK_LAYERS, Window, property_window_for
 
 
 def region_layer_map(identifier: str) -> Dict[str, str]:
@@ -61,10 +67,55 @@ def _load_network(model_spec: BrainModelSpec, weights_path, pretrained: bool, pr
     return network, f'sha1-{_file_digest(path)}'
 
 
+def _commitment(model_spec: BrainModelSpec, region_map: Optional[str],
+                region_layers: Optional[Dict[str, str]]) -> Commitment:
+    """The model's commitment, with the alternative map and the single regions the caller asked for."""
+    commitment = load_commitment(model_spec.model)
+    if region_map is not None:
+        commitment = commitment.with_region_map(region_map)
+    if region_layers:
+        commitment = commitment.with_region_layers(region_layers)
+    return commitment
+
+
+def _check_network(identifier: str, network, commitment: Commitment, region_layers: Optional[Dict[str, str]]):
+    """Refuse, naming the culprit, layers the network does not have and a screen it was not built for."""
+    overridden = unknown_layers(network, (region_layers or {}).values())
+    if overridden:  # the caller's names, not the commitments file, are at fault
+        asked = ', '.join(f'{region} -> {layer!r}' for region, layer in region_layers.items() if layer in overridden)
+        raise UnknownLayerError(f"{identifier} has no layer {', '.join(map(repr, overridden))} (asked for as "
+                                f"region_layers {asked}); {layer_hint(network, commitment.candidate_layers)}",
+                                overridden, commitment.candidate_layers)
+    commitment.check_layers(network)
+    commitment.check_screen(network)
+
+
+def _settings_description(network, weights: str, noise_seed: int, commitment: Commitment, remapped: bool) -> str:
+    """Every setting that changes the activations, for the cache identifier."""
+    config = network.vone_block.config
+    settings = [f'weights={weights}', f'noise={config.noise_mode}', f'gabor_seed={config.gabor_seed}',
+                f'colour_seed={config.colour_seed}']
+    if config.noise_mode is not None:
+        settings += [f'noise_scale={config.noise_scale}', f'noise_level={config.noise_level}',
+                     f'noise_seed={noise_seed}']
+    if remapped:
+        settings.append('map=' + ','.join(f'{r}:{l}' for r, l in commitment.region_layers.items()))
+    return ','.join(settings)
+
+
+def _v1_window(v1_window, network, commitment: Commitment) -> Optional[Window]:
+    """The window asked for (or computed from the VOneBlock by a function), valid only for a VOneBlock V1."""
+    if v1_window is None:
+        return None
+    if commitment.layer('V1') not in VOBLOCK_LAYERS:
+        raise CommitmentError(f"v1_window crops the VOneBlock, but V1 is committed to {commitment.layer('V1')!r}")
+    return v1_window(network.vone_block) if callable(v1_window) else tuple(v1_window)
+
+
 def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, noise_seed: int = 0,
                 batch_size: int = 16, device: Optional[str] = None, region_map: Optional[str] = None,
                 region_layers: Optional[Dict[str, str]] = None, progress: bool = True,
-                v1_window: Optional[Tuple[int, int, int, int]] = None,
+                v1_window: Union[Window, Callable[[object], Window], None] = None,
                 identify_by_settings: bool = False, vone_settings: Optional[dict] = None) -> 'VOneNetBrainModel':
     """A Brain-Score BrainModel for ``identifier`` (see ``list_identifiers()``).
 
@@ -74,47 +125,29 @@ def brain_model(identifier: str, *, weights_path=None, pretrained: bool = True, 
     ``noise_seed`` seeds the VOneBlock noise draws. ``region_map``
     picks an alternative map from the commitments (e.g. ``'voneresnet-50'``, Brain-Score's
     layer-selected one) and ``region_layers`` overrides single regions (e.g. ``{'V1': 'bottleneck'}``).
-    ``v1_window`` = (r0, r1, c0, c1) records V1 (the VOneBlock) only at those output units, computing
-    only them (see ``VOneBlock.units_within``). ``identify_by_settings`` makes the model's identifier
-    the full settings string, for result caches keyed by model identifier (Brain-Score's property
-    benchmarks cache per model identifier). ``vone_settings`` overrides VOneBlock settings (e.g.
-    ``{'gabor_seed': 1}``); they enter the activations identifier like every other setting.
+    ``v1_window`` = (r0, r1, c0, c1), or a function of the VOneBlock that gives them (e.g.
+    ``v1_window.around_property_stimuli``), records V1 (the VOneBlock) only at those output units,
+    computing only them (see ``VOneBlock.units_within``). ``identify_by_settings`` makes the model's
+    identifier the full settings string, for result caches keyed by model identifier (Brain-Score's
+    property benchmarks cache per model identifier). ``vone_settings`` overrides VOneBlock settings (e.g.
+    ``{'gabor_seed': 1}``); they enter the activations identifier like every other setting. Visual degrees,
+    image size and normalisation are the commitment's; a network built for another screen is refused.
     """
     model_spec = spec(identifier)
-    commitment = load_commitment(model_spec.model)
-    if region_map is not None:
-        commitment = commitment.with_region_map(region_map)
-    if region_layers:
-        commitment = commitment.with_region_layers(region_layers)
+    commitment = _commitment(model_spec, region_map, region_layers)
     network, weights = _load_network(model_spec, weights_path, pretrained, progress, vone_settings)
-    overridden = unknown_layers(network, (region_layers or {}).values())
-    if overridden:  # the caller's names, not the commitments file, are at fault
-        asked = ', '.join(f'{region} -> {layer!r}' for region, layer in region_layers.items() if layer in overridden)
-        raise UnknownLayerError(f"{identifier} has no layer {', '.join(map(repr, overridden))} (asked for as "
-                                f"region_layers {asked}); {layer_hint(network, commitment.candidate_layers)}",
-                                overridden, commitment.candidate_layers)
-    commitment.check_layers(network)
+    _check_network(identifier, network, commitment, region_layers)
     public_identifier = identifier + (UNTRAINED_TAG if weights.startswith('untrained') else '')
-    config = network.vone_block.config
-    settings = [f'weights={weights}', f'noise={config.noise_mode}', f'gabor_seed={config.gabor_seed}',
-                f'colour_seed={config.colour_seed}']
-    if config.noise_mode is not None:
-        settings += [f'noise_scale={config.noise_scale}', f'noise_level={config.noise_level}',
-                     f'noise_seed={noise_seed}']
-    if region_map is not None or region_layers:
-        settings.append('map=' + ','.join(f'{r}:{l}' for r, l in commitment.region_layers.items()))
+    description = _settings_description(network, weights, noise_seed, commitment,
+                                        remapped=region_map is not None or bool(region_layers))
     # Result caches use identifiers in file names, so the settings enter as a short digest.
-    description = ','.join(settings)
     digest = hashlib.sha1(description.encode()).hexdigest()[:10]
+    preprocessing = brainscore_preprocessing(commitment.image_size, commitment.normalize_mean,
+                                             commitment.normalize_std)
     activations = VOneNetActivations(
-        network, identifier=f"{public_identifier}@{digest}",
-        preprocessing=brainscore_preprocessing(commitment.image_size), batch_size=batch_size,
-        noise_seed=noise_seed, device=device)
+        network, identifier=f"{public_identifier}@{digest}", preprocessing=preprocessing, batch_size=batch_size,
+        noise_seed=noise_seed, device=device, v1_window=_v1_window(v1_window, network, commitment))
     activations.settings_description = description
-    if v1_window is not None:
-        if commitment.layer('V1') not in ('vone_block', 'vone_block.output'):
-            raise CommitmentError(f"v1_window crops the VOneBlock, but V1 is committed to {commitment.layer('V1')!r}")
-        activations.set_v1_window(v1_window)
     return VOneNetBrainModel(public_identifier, activations, commitment, identify_by_settings)
 
 
@@ -128,7 +161,7 @@ class VOneNetBrainModel(BrainModel):
         self._identify_by_settings = identify_by_settings
         self.activations_model = activations_model
         self.commitment = commitment
-        activations_model._extractor.set_visual_degrees(commitment.visual_degrees)  # for microsaccades
+        extractor_of(activations_model).set_visual_degrees(commitment.visual_degrees)  # for microsaccades
         readout = commitment.behavioral_readout_layer
         self.behavior_model = BehaviorArbiter({
             BrainModel.Task.label: LabelBehavior(identifier, activations_model),
@@ -145,7 +178,7 @@ class VOneNetBrainModel(BrainModel):
 
     @property
     def network(self):
-        return self.activations_model._model
+        return network_of(self.activations_model)
 
     def visual_degrees(self) -> float:
         return self.commitment.visual_degrees
@@ -159,10 +192,7 @@ class VOneNetBrainModel(BrainModel):
 
     def start_recording(self, recording_target: str, time_bins: Sequence[Tuple[int, int]]):
         self.commitment.layer(recording_target)  # raises CommitmentError for an uncommitted region
-        bins = [tuple(int(t) for t in np.asarray(b).tolist()) for b in time_bins]
-        if not bins:
-            raise ValueError("start_recording needs at least one (start, end) time bin")
-        self.recording_region, self.recording_time_bins = recording_target, bins
+        self.recording_region, self.recording_time_bins = recording_target, recording_time_bins(time_bins)
         self.do_behavior = False
 
     def look_at(self, stimuli, number_of_trials: int = 1, require_variance: bool = False):
@@ -181,34 +211,26 @@ class VOneNetBrainModel(BrainModel):
 
     @contextmanager
     def _property_window(self, stimuli):
-        """For one call: the V1 window where it is valid (``v1_properties.score.property_window_for``).
+        """For one call: the V1 window where it is valid (``v1_window.property_window_for``).
 
         When Brain-Score's own entry point (``brainscore_vision.score``) runs a Marques2020 property
         benchmark, it calls this model directly, without our scoring run that sets the window: the full
         56 x 56 x 512 VOneBlock map for the 3,528 receptive-field images would be a 22.7 GB assembly. The
         benchmarks keep only units whose receptive field lies within 0.15 deg of the stimulus centre, all
-        inside the window (see the ``v1_properties.score`` module docstring), so the selected units and the
-        scores are those of the full map, at about 1 GB. The decision is made per call and undone after it
-        (no mode is left switched on): any other stimulus set, region or layer records as before. Within
-        the call the activations are computed as in our own run (``fast_scoring``, the same values bit
-        for bit) and not stored in Brain-Score's activations cache (the benchmarks cache their results).
+        inside the window (see the ``brain.v1_window`` module docstring), so the selected units and the
+        scores are those of the full map, at about 1 GB. The window, and the two settings below, hold for
+        this call only (scopes of the activations model): any other stimulus set, region or layer records
+        as before. Within the call the activations are computed as in our own run (``fast_scoring``, the
+        same values bit for bit) and not stored in Brain-Score's activations cache (the benchmarks cache
+        their results).
         """
-        from ..scoring.v1_properties.score import property_window_for
         window = property_window_for(self, stimuli)
-        if window is None:
+        with ExitStack() as scopes:
+            if window is not None:
+                activations = self.activations_model
+                for scope in (activations.windowed(window), activations.unstored(), activations.fast_scoring()):
+                    scopes.enter_context(scope)
             yield
-            return
-        activations = self.activations_model
-        extractor = activations._extractor
-        store = extractor.store_activations
-        activations.set_v1_window(window)
-        extractor.store_activations = False
-        try:
-            with activations.fast_scoring():
-                yield
-        finally:
-            activations.set_v1_window(None)
-            extractor.store_activations = store
 
     def _record(self, stimuli, number_of_trials, require_variance):
         region = self.recording_region

@@ -1,19 +1,29 @@
-"""Catalogue of the published VOneNets: one record per ImageNet checkpoint, and ``get_model``.
+"""The catalogue of published VOneNets: one record per ImageNet checkpoint, and ``get_model``.
+
+Like torchvision's weight enums, a ``PublishedModel`` is the one place a model's facts live: its file
+(and so its URL and cache path), back-end, description, the VOneBlock settings it was trained with, and
+(from its commitments file, ``commitments/<name>.json``) the preprocessing it expects. ``naming`` derives
+every Brain-Score identifier from these names. Light on purpose: torch is imported only when a model
+is built, so the command line and the submission builder read the catalogue quickly.
 
 Checkpoints: Dapello, Marques et al. 2020, "Simulating a Primary Visual Cortex at the Front of CNNs
 Improves Robustness to Image Perturbations", NeurIPS; files at ``download.DEFAULT_BASE_URL``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from . import download
 from ..errors import CheckpointError, UnknownModelError
-from ..model import VOneNet, build_vonenet
-from .checkpoints import check_checkpoint, model_from_checkpoint, read_checkpoint
+
+if TYPE_CHECKING:
+    from torch import nn
+    from ..model import VOneNet
+
+COMMITMENTS_PACKAGE = f"{__package__.rsplit('.', 1)[0]}.commitments"  # relative: the package also travels in a plugin
 
 
 @dataclass(frozen=True)
@@ -29,16 +39,25 @@ class PublishedModel:
 
     @property
     def url(self) -> str:
+        from . import download
         return download.weights_url(self.filename)
 
     @property
     def cache_path(self) -> Path:
+        from . import download
         return download.weights_dir() / self.filename
 
     @property
     def cache_state(self) -> str:
         """``'verified'``, ``'unrecorded'`` (placed by hand), ``'changed'`` (since it was verified) or ``'missing'``."""
+        from . import download
         return download.cache_state(self.cache_path)
+
+    @property
+    def preprocessing(self) -> dict:
+        """Image size, mean and std the model was trained with, as its commitments file records them."""
+        text = resources.files(COMMITMENTS_PACKAGE).joinpath(f'{self.name}.json').read_text(encoding='utf-8')
+        return json.loads(text)['preprocessing']
 
 
 CATALOGUE = {record.name: record for record in (
@@ -61,6 +80,7 @@ def list_models() -> list:
 
 
 def model_record(name: str) -> PublishedModel:
+    """The record of catalogue model ``name``; an unknown name raises an error listing the known ones."""
     try:
         return CATALOGUE[name]
     except KeyError:
@@ -68,7 +88,7 @@ def model_record(name: str) -> PublishedModel:
 
 
 def get_model(name: str = 'resnet50', pretrained: bool = True, weights_path=None, map_location='cpu',
-              progress: bool = True, **overrides) -> nn.Module:
+              progress: bool = True, **overrides) -> 'nn.Module':
     """A published VOneNet as a plain ``nn.Module`` in eval mode.
 
     ``pretrained=True`` loads the ImageNet weights: from ``weights_path`` when given (a file in
@@ -77,9 +97,11 @@ def get_model(name: str = 'resnet50', pretrained: bool = True, weights_path=None
     ``noise_mode=None`` for a deterministic model. ``pretrained=False`` builds the same
     architecture with seeded random back-end weights.
     """
+    from ..model import build_vonenet
+    from .checkpoints import model_from_checkpoint, read_checkpoint
     record = model_record(name)
     if not pretrained and weights_path is None:
-        model: VOneNet = build_vonenet(record.arch, **{**record.vone_settings, **overrides})
+        model = build_vonenet(record.arch, **{**record.vone_settings, **overrides})
     elif weights_path is not None:
         path = Path(weights_path)
         checkpoint = read_checkpoint(path, map_location=map_location)
@@ -89,9 +111,11 @@ def get_model(name: str = 'resnet50', pretrained: bool = True, weights_path=None
     return model.to(map_location).eval()
 
 
-def _load_published(record: PublishedModel, map_location, progress: bool, overrides: dict) -> VOneNet:
+def _load_published(record: PublishedModel, map_location, progress: bool, overrides: dict) -> 'VOneNet':
     """The published weights from the cache, downloading them once; a download is checked to be this
     model's checkpoint (flags, architecture, tensor shapes) before it is cached, and loaded only once."""
+    from . import download
+    from .checkpoints import check_checkpoint, model_from_checkpoint, read_checkpoint
     verified = {}
 
     def verify(part: Path) -> None:

@@ -1,5 +1,7 @@
-"""Load VOneNet checkpoints in the published training format, safely and with clear errors.
+"""Read and write VOneNet checkpoints in the published training format, safely and with clear errors.
 
+On the published-models floor: the catalogue loads published weights through the read half, training
+writes its checkpoints through the write half, so a trained checkpoint loads as a published one does.
 The format is ``{'flags': {...}, 'epoch': int, 'state_dict': {...}, 'optimizer': {...}}``, where
 ``flags`` are the training script's arguments (architecture, VOneBlock settings) and ``state_dict``
 keys carry a ``module.`` prefix when the model was saved from ``nn.DataParallel``.
@@ -8,10 +10,12 @@ Nothing in a file is trusted before it is checked: the file is read with ``weigh
 (no pickled code runs), every flag is checked for type and range, and the flags are checked
 against the shapes of the tensors the file holds, all before a model is built. So a small forged
 file cannot make ``get_model`` allocate more than the file itself holds, and every refusal names
-the file, the flag or tensor at fault, and what is allowed.
+the file, the flag or tensor at fault, and what is allowed. Writing is atomic (``paths.write_atomically``),
+so an interrupted run never leaves half a checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,10 +25,16 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
+from torch import nn
 
+from ..backends import classifier_of
+from ..constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from ..devices import unwrap
 from ..errors import CheckpointError
 from ..model import VOneNet, build_vonenet
-from ..vone import VOneBlockConfig
+from ..paths import write_atomically
+from ..seeding import SEED_LIMIT  # numpy's RandomState, which draws the Gabor parameters, takes seeds below this
+from ..vone.block import VOneBlockConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +46,8 @@ IGNORED_KEYS = ('vone_block.div_u.weight', 'vone_block.div_t.weight')
 ARCH_ALIASES = {'resnet50': 'resnet50', 'resnet50at': 'resnet50', 'resnet50ns': 'resnet50',
                 'alexnet': 'alexnet', 'cornets': 'cornets'}
 
-_CONFIG_FIELDS = {name for name in VOneBlockConfig.__dataclass_fields__}
+_CONFIG_DEFAULTS = {field.name: field.default for field in dataclasses.fields(VOneBlockConfig)}
+_CONFIG_FIELDS = set(_CONFIG_DEFAULTS)
 
 # --- Limits on checkpoint flags ---------------------------------------------------------------
 # The published VOneNets all use simple_channels = complex_channels = 256, ksize 25, stride 4,
@@ -49,16 +60,14 @@ MAX_KSIZE = 255  # px: 10x the published 25, wider than the whole published 224 
 # i.e. at most 61 MB (float32, 3 colour channels) per bank, whatever channels and ksize combine to.
 MAX_FILTER_WEIGHTS = 16 * 512 * 25 * 25
 MAX_STRIDE = 64  # px: 16x the published 4
-from ..constants import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE  # noqa: E402  (px: 2048 is 9x the published 224)
+# image_size: from constants' MIN_IMAGE_SIZE to MAX_IMAGE_SIZE px (2048 is 9x the published 224)
 MAX_VISUAL_DEGREES = 180.0  # an eye sees less than a half-sphere; the published models use 8 deg
 MAX_NUM_CLASSES = 50_000  # ImageNet-21k, the largest label set in use, has 21,841 classes
-SEED_LIMIT = 2 ** 32  # numpy's RandomState, which draws the Gabor parameters, takes seeds below this
 
 # The tensors whose shapes the VOneBlock flags determine, checked before anything is built.
 FILTER_KEYS = ('vone_block.simple_conv_q0.weight', 'vone_block.simple_conv_q1.weight')
 BOTTLENECK_KEY = 'bottleneck.weight'
-HEAD_KEYS = {'resnet50': 'model.fc.weight', 'alexnet': 'model.classifier.6.weight',
-             'cornets': 'model.decoder.linear.weight'}
+BACKEND_PREFIX = 'model.'  # the back-end's keys (the VOneNet's module ``model``)
 
 _NONE_NOISE = ('None', 'none', '')
 _NOISE_MODES = (None, 'neuronal', 'gaussian')
@@ -72,6 +81,12 @@ _LEGACY_MAGIC = b'\x80\x02\x8a\x0a' + (0x1950a86a20f9469cfc6c).to_bytes(10, 'lit
 _HEAD_BYTES = 1024
 AGAIN = 'delete it and download or copy the checkpoint again'
 _UNSAFE_GLOBAL = re.compile(r'unsupported global:?\s*(?:GLOBAL\s+)?([\w.<>]+)', re.IGNORECASE)
+
+
+def head_module(arch: Optional[str]) -> Optional[str]:
+    """The classifier layer's path inside a VOneNet with back-end ``arch``, as its back-end registered it."""
+    inner = classifier_of(arch)
+    return None if inner is None else BACKEND_PREFIX + inner
 
 
 def read_checkpoint(path, map_location='cpu', *, source: Optional[str] = None, advice: str = AGAIN) -> dict:
@@ -326,9 +341,9 @@ def checked_settings(flags: Mapping, source: str = 'checkpoint', **overrides) ->
     unknown = set(overrides) - _CONFIG_FIELDS
     if unknown:
         raise TypeError(f"unknown VOneBlock setting(s) {sorted(unknown)}; valid settings: "
-                        f"{', '.join(VOneBlockConfig.__dataclass_fields__)}")
+                        f"{', '.join(_CONFIG_DEFAULTS)}")
     settings, origin = {}, {}
-    for name in VOneBlockConfig.__dataclass_fields__:
+    for name in _CONFIG_DEFAULTS:
         if name in overrides:
             value, where = overrides[name], 'argument'
         elif name in flags:
@@ -343,14 +358,13 @@ def checked_settings(flags: Mapping, source: str = 'checkpoint', **overrides) ->
             raise CheckpointError(f"{source}: flag {name}={value!r} {refusal.problem}; allowed: {refusal.allowed}. "
                                   f"The file is refused before anything is built; were its flags edited?") from None
         origin[name] = where
-    _check_combination(VOneBlockConfig.__dataclass_fields__, settings, origin, source)
+    _check_combination(settings, origin, source)
     return settings
 
 
-def _check_combination(fields, settings: dict, origin: dict, source: str) -> None:
+def _check_combination(settings: dict, origin: dict, source: str) -> None:
     """Checks that involve several settings; the message names each and where it came from."""
-    defaults = {name: field.default for name, field in fields.items()}
-    value = lambda name: settings.get(name, defaults[name])
+    value = lambda name: settings.get(name, _CONFIG_DEFAULTS[name])
     said = lambda *names: ', '.join(f"{n}={value(n)!r} ({origin.get(n, 'default')})" for n in names)
 
     def refuse(text):
@@ -423,10 +437,11 @@ def _check_shapes(state_dict: Mapping, arch: str, config: VOneBlockConfig, num_c
     if bottleneck is not None and (bottleneck.dim() < 2 or bottleneck.shape[1] != channels):
         raise CheckpointError(f"{source}: its settings give {channels} VOneBlock channels but {BOTTLENECK_KEY} "
                               f"has shape {tuple(bottleneck.shape)}")
-    head = state_dict.get(HEAD_KEYS.get(arch))
+    head_key = f'{head_module(arch)}.weight'
+    head = state_dict.get(head_key)
     if head is not None and head.shape[0] != num_classes:
         raise CheckpointError(f"{source}: flag num_classes={num_classes} (1000 when absent) but the classifier "
-                              f"{HEAD_KEYS[arch]} has {head.shape[0]} outputs; set num_classes in the flags")
+                              f"{head_key} has {head.shape[0]} outputs; set num_classes in the flags")
 
 
 def check_checkpoint(checkpoint: Mapping, source: str = 'checkpoint', expected_arch: Optional[str] = None,
@@ -472,3 +487,36 @@ def model_from_checkpoint(checkpoint: Mapping, source: str = 'checkpoint', expec
                               f"flags: {error}") from error
     logger.info('loaded %s (arch=%s, epoch=%s)', source, arch, checkpoint.get('epoch'))
     return model
+
+
+# --- writing ----------------------------------------------------------------------------------
+CHECKPOINT_PATTERN = re.compile(r'^epoch_(\d+)\.pth\.tar$')
+
+
+def checkpoint_path(output_dir, epoch: int) -> Path:
+    """The original training script's file name for the weights after ``epoch`` epochs."""
+    return Path(output_dir) / f'epoch_{epoch:02d}.pth.tar'
+
+
+def latest_checkpoint(output_dir) -> Optional[Path]:
+    """The checkpoint with the highest epoch in ``output_dir``, or None."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    found = [(int(match.group(1)), directory / name) for name in os.listdir(directory)
+             if (match := CHECKPOINT_PATTERN.match(name))]
+    return max(found)[1] if found else None
+
+
+def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, flags: dict) -> dict:
+    """The published layout: flags, epoch, 'module.'-prefixed state_dict (as saved from DataParallel), optimizer."""
+    state_dict = {f'module.{key}': value for key, value in unwrap(model).state_dict().items()}
+    return {'flags': dict(flags), 'epoch': int(epoch), 'state_dict': state_dict,
+            'optimizer': optimizer.state_dict()}
+
+
+def save_checkpoint(path, checkpoint: dict) -> Path:
+    """Write ``checkpoint`` atomically."""
+    path = Path(path)
+    write_atomically(path, lambda stream: torch.save(checkpoint, stream))
+    return path

@@ -10,6 +10,9 @@ Beside each verified download, ``<file>.verified.json`` records its SHA-256, siz
 file whose size or mtime no longer matches is hashed again; if it differs from what was verified
 (truncated, overwritten, damaged) it is downloaded again. A file in the cache without that record
 (placed there by hand) is used as it is.
+
+Part of ``published/`` (the catalogue's records name the files fetched here); the cache folder itself
+and the atomic writes belong to ``paths``.
 """
 import glob
 import hashlib
@@ -29,12 +32,12 @@ import requests
 from tqdm import tqdm
 
 from ..errors import SettingError, WeightsUnavailableError
+from ..paths import HOME_ENV, cache_dir, make_cache_folders, write_atomically  # noqa: F401 (HOME_ENV: callers name it here too)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = 'https://vonenet-models.s3.us-east-2.amazonaws.com/'
 MIRROR_ENV = 'VONENET_BRAINSCORE_MIRROR'
-HOME_ENV = 'VONENET_BRAINSCORE_HOME'
 
 # Limits of one download (download_file's defaults). The published checkpoints are 0.1-0.5 GB.
 DEFAULT_TIMEOUT = 60.0  # s to connect, and for each read
@@ -57,15 +60,6 @@ _WAIT_REPORT_SECONDS = 60.0
 MISSING, VERIFIED, UNRECORDED, CHANGED = 'missing', 'verified', 'unrecorded', 'changed'
 
 
-def _make_folders(folder: Path) -> None:
-    """Create ``folder`` and its missing parents as rwxr-xr-x whatever the umask: under a umask of 002 the
-    cache would be group-writable, and the compiled kernels are never loaded from a folder others can write."""
-    missing = [path for path in [folder, *folder.parents] if not path.exists()]
-    for path in reversed(missing):
-        path.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # mkdir's mode is filtered by the umask, which may drop bits we want kept
-
-
 class DownloadRejected(IOError):
     """The server's response arrived whole but is not the file asked for (e.g. an HTML page)."""
 
@@ -81,44 +75,6 @@ def base_url() -> str:
                            f"copy of the published weights (e.g. https://mirror.example.org/vonenet/), or unset it "
                            f"to use {DEFAULT_BASE_URL}")
     return mirror if mirror.endswith('/') else mirror + '/'
-
-
-def _expanded(value: str, variable: str) -> Path:
-    """``value`` with ``~`` expanded; an error naming ``variable`` when that names no home folder."""
-    try:
-        path = Path(value).expanduser()
-    except (RuntimeError, KeyError) as error:
-        path, cause = None, error
-    else:
-        cause = None
-    if path is None or str(path).startswith('~'):
-        user = value.split('/')[0]
-        raise SettingError(f"{variable}={value!r}: {user!r} cannot be expanded, as no user of that name has a home "
-                           f"folder ({cause or 'unknown user'}); set {variable} to an absolute path, e.g. "
-                           f"{variable}=/scratch/$USER/vonenet-brainscore, or unset it")
-    return path
-
-
-def cache_dir() -> Path:
-    """Root of the local cache, following the XDG convention unless overridden; never created here."""
-    home = os.environ.get(HOME_ENV)
-    if home:
-        root = _expanded(home, HOME_ENV)
-        if root.exists() and not root.is_dir():
-            raise SettingError(f"{HOME_ENV}={home!r} is a file, but it must name a folder for the cache; "
-                               f"set it to a folder (it is created when needed), or unset it")
-        return root
-    xdg = os.environ.get('XDG_CACHE_HOME')
-    if xdg:
-        root = _expanded(xdg, 'XDG_CACHE_HOME')
-        if root.is_absolute():  # the XDG specification says to ignore a relative path
-            return root / 'vonenet-brainscore'
-    try:
-        user_home = Path.home()
-    except (RuntimeError, KeyError) as error:
-        raise SettingError(f"cannot find your home folder for the cache ({error}); set {HOME_ENV} to the folder "
-                           f"the cache should use") from None
-    return user_home / '.cache' / 'vonenet-brainscore'
 
 
 def weights_dir() -> Path:
@@ -160,16 +116,8 @@ def _read_record(destination: Path) -> Optional[dict]:
 
 
 def _write_record(destination: Path, record: dict) -> None:
-    fd, temporary = tempfile.mkstemp(dir=destination.parent, prefix=sidecar_path(destination).name + '.',
-                                     suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as file:
-            json.dump(record, file, indent=1)
-        os.chmod(temporary, _FILE_MODE)
-        os.replace(temporary, sidecar_path(destination))
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
+    text = json.dumps(record, indent=1).encode()
+    write_atomically(sidecar_path(destination), lambda stream: stream.write(text), mode=_FILE_MODE)
 
 
 def file_sha256(path) -> str:
@@ -262,7 +210,7 @@ def download_file(url: str, destination, *, progress: bool = True, timeout: floa
         wait_timeout = total_timeout + 300
     problem = None
     try:
-        _make_folders(destination.parent)
+        make_cache_folders(destination.parent)
         lock = filelock.FileLock(str(destination) + '.lock')
         waited = _acquire(lock, destination, wait_timeout)
     except OSError as error:  # unwritable cache folder, lock on a read-only file system, a wait too long

@@ -1,9 +1,10 @@
-"""Brain-Score identifiers of our brain models, derived from catalogue names by one rule.
+"""Brain-Score identifiers of our brain models: the one naming rule, applied to the catalogue's names.
 
 ``vonenet_`` + catalogue name (``resnet50``, ``resnet50_at``, ...) + ``_nonoise`` when the VOneBlock
 noise is off. Brain-Score's website refuses hyphens in model identifiers, so there are none. The
-hyphenated names of earlier releases (``vonenet-resnet50-at-nonoise``) are recognised only to say
-which name replaced them. Light on purpose: no torch, no Brain-Score.
+hyphenated names of earlier releases (``vonenet-resnet50-at-nonoise``) are recognised and mapped to
+their replacement, which the error names. Every identifier, in the plugin files and the submission
+zips too, comes from here. Light on purpose: no torch, no Brain-Score (the catalogue is light too).
 """
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from ..errors import UnknownModelError
+from .catalogue import CATALOGUE
 
 PREFIX = 'vonenet_'
 NONOISE_SUFFIX = '_nonoise'
 UNTRAINED_TAG = '_untrained'
 """Appended to a model's identifier when it was built with an untrained back-end on purpose."""
 
-# The catalogue names (zoo.CATALOGUE's keys), in catalogue order. Kept here, without importing torch,
-# so the command line and the submission builder can name models quickly; a test checks it against the
-# catalogue.
-MODEL_NAMES = ('resnet50', 'cornets', 'alexnet', 'resnet50_at', 'resnet50_ns')
+MODEL_NAMES = tuple(CATALOGUE)
+"""The catalogue names, in catalogue order."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ LEGACY_NAMES: Dict[str, str] = {_legacy_name(spec): identifier for identifier, s
 
 
 def list_identifiers() -> List[str]:
+    """Every brain-model identifier, catalogue order, noise on before off."""
     return list(IDENTIFIERS)
 
 

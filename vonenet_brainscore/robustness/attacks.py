@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import VOneNetError
 from ..seeding import derive_seed
-from ..vone.noise import noise_blocks, seeded_noise  # noqa: F401 (re-exported)
+from ..vone.noise import noise_blocks, seeded_noise
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def is_stochastic(model: nn.Module) -> bool:
 
     Only the VOneBlock's noise is known here; other random layers are treated as deterministic.
     """
-    return any(block.noise_mode is not None and block.fixed_noise is None for block in noise_blocks(model))
+    return any(block.noise_mode is not None and block.noise_source.frozen_draw is None for block in noise_blocks(model))
 
 
 @contextlib.contextmanager

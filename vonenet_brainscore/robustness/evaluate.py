@@ -21,10 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import DeviceError
+from ..devices import resolve_device
 from ..model import VOneNet
+from ..seeding import derive_seed
+from ..vone.noise import seeded_noise
 from .attacks import (DEFAULT_EPS, L1_SPARSITY, NORMS, PAPER_EOT_DRAWS, PAPER_STEP_FRACTION, PAPER_STEPS,
-                      check_norm, derive_seed, evaluation_mode, pgd, seeded_noise)
+                      check_norm, evaluation_mode, pgd)
 from .corruptions import (BLUR_CORRUPTIONS, COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES,
                           check_corruptions, corrupt_batch)
 
@@ -50,17 +52,6 @@ class AttackSettings:
     eot_draws: int = PAPER_EOT_DRAWS
     random_start: bool = False
     l1_sparsity: float = L1_SPARSITY
-
-
-def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """``device`` as a torch.device; None means CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise DeviceError(f"device {device} was requested but CUDA is not available here; "
-                           f"use device='cpu' or run on a machine with a GPU")
-    return device
 
 
 def attack_family(norm: str) -> str:
@@ -166,7 +157,7 @@ def evaluate_robustness(models: Mapping[str, nn.Module], data: Union[Dataset, It
     corruptions, severities = list(corruptions), [int(s) for s in severities]
     check_corruptions(corruptions, severities)
     settings = AttackSettings(steps, step_fraction, eot_draws, random_start, l1_sparsity)
-    device = resolve_device(device)
+    device = resolve_device(device, ngpus=None)  # None: CUDA when available, else the CPU
     for model in models.values():
         model.to(device)
     batches = _batches(data, batch_size)

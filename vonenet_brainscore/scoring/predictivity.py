@@ -6,7 +6,8 @@ cross-validated PLS or ridge regression (Brain-Score's ``pls``/``ridge`` metrics
 neuroid on held-out stimuli, median over neuroids, mean over splits) and normalises by the
 split-half internal consistency of the repetitions (Spearman-Brown corrected), as Brain-Score
 scores its own datasets: score = r^2 / ceiling. Any Brain-Score benchmark id works the same way
-through ``load_brainscore_benchmark`` where Brain-Score can load its data.
+through ``load_brainscore_benchmark`` where Brain-Score can load its data. Part of ``scoring/``:
+``recordings`` loads the data scored here, ``mapping`` runs these benchmarks on every layer.
 """
 from __future__ import annotations
 
@@ -17,15 +18,15 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from brainscore_core import Score  # noqa: E402
-
-from ..brainscore_env import offline_defaults  # noqa: E402
-from brainscore_core.supported_data_standards.brainio.assemblies import (  # noqa: E402
+from brainscore_core import Score
+from brainscore_core.supported_data_standards.brainio.assemblies import (
     NeuroidAssembly, NeuronRecordingAssembly, walk_coords)
-from brainscore_vision.benchmark_helpers.neural_common import NeuralBenchmark, average_repetition  # noqa: E402
-from brainscore_vision.model_interface import BrainModel  # noqa: E402
+from brainscore_vision.benchmark_helpers.neural_common import NeuralBenchmark, average_repetition
+from brainscore_vision.model_interface import BrainModel
 
-from ..errors import CommitmentError, DataError, StimulusError, VOneNetError  # noqa: E402
+from ..brain.commitments import recording_time_bins
+from ..brainscore_env import offline_defaults
+from ..errors import CommitmentError, DataError, StimulusError, VOneNetError
 
 logger = logging.getLogger(__name__)
 
@@ -250,10 +251,7 @@ class PrecomputedModel(BrainModel):
                                   f"scores neural benchmarks); task {task} needs the full brain model")
 
     def start_recording(self, recording_target: str, time_bins: Sequence[Tuple[int, int]]):
-        bins = [tuple(int(t) for t in np.asarray(b).tolist()) for b in time_bins]
-        if not bins:
-            raise ValueError("start_recording needs at least one (start, end) time bin")
-        self.recording_region, self.recording_time_bins = recording_target, bins
+        self.recording_region, self.recording_time_bins = recording_target, recording_time_bins(time_bins)
 
     def look_at(self, stimuli, number_of_trials: int = 1, require_variance: bool = False):
         if self.recording_region is None:
@@ -327,14 +325,10 @@ def score_layer(model, layer: str, benchmark, *, region: Optional[str] = None, p
 
 def with_region_layer(model, region: str, layer: str):
     """The same VOneNetBrainModel (same network and extractor) with ``layer`` committed to ``region``."""
-    from dataclasses import replace
-
     from ..brain.model import VOneNetBrainModel
     commitment = model.commitment
     if layer not in dict(model.network.named_modules()):
         raise CommitmentError(f"{model.identifier} has no layer {layer!r}; candidate layers: "
                               f"{', '.join(commitment.candidate_layers)}")
-    commitment = replace(commitment, region_layers={**commitment.region_layers, region: layer},
-                         time_bins=None if commitment.time_bins is None else
-                         {r: b for r, b in commitment.time_bins.items() if r != region})
+    commitment = commitment.with_region_layers({region: layer})
     return VOneNetBrainModel(f'{model.identifier}[{region}={layer}]', model.activations_model, commitment)

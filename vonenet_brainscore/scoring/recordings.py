@@ -7,7 +7,8 @@ stimuli are a CSV (``stimulus_id`` plus an image path column; relative paths are
 CSV's folder) or a folder whose image file names, without suffix, are the stimulus ids.
 
 Everything is checked on load so that a scoring run never fails half-way on a typo: each problem
-raises ``DataError`` or ``StimulusError`` naming what is wrong and what to do.
+raises ``DataError`` or ``StimulusError`` naming what is wrong and what to do. Part of ``scoring/``:
+``mapping`` and ``predictivity`` score models against what this module loads.
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from brainscore_core.supported_data_standards.brainio.assemblies import (  # noqa: E402
+from brainscore_core.supported_data_standards.brainio.assemblies import (
     NeuronRecordingAssembly, walk_coords)
-from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet  # noqa: E402
+from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 
-from ..errors import DataError, StimulusError  # noqa: E402
+from ..errors import DataError, StimulusError
 
 logger = logging.getLogger(__name__)
 
@@ -199,13 +200,35 @@ def assemble(array: xr.DataArray, stimulus_set: StimulusSet, source='recordings'
              stimuli_source='the stimuli') -> NeuronRecordingAssembly:
     """Check an in-memory array against its stimuli and return the assembly this module hands out."""
     array = _check_array(array, source)
-    paths = {str(sid): path for sid, path in stimulus_set.stimulus_paths.items()}
-    stimulus_set = StimulusSet(stimulus_set.copy())
-    stimulus_set['stimulus_id'] = stimulus_set['stimulus_id'].astype(str)
     frame = _presentation_frame(array)
     frame['stimulus_id'] = frame['stimulus_id'].astype(str)
     repetition = _with_repetitions(frame, source)
     stimulus_ids = list(dict.fromkeys(frame['stimulus_id']))
+    stimulus_set = _shown_stimuli(stimulus_set, stimulus_ids, source, stimuli_source)
+    coords = _coords(array, frame, repetition, source)
+    dims = [d for d in ('presentation', 'neuroid', 'time_bin') if d in array.dims]
+    values = np.asarray(array.transpose(*dims).values, dtype=float)
+    assembly = NeuronRecordingAssembly(values, coords=coords, dims=dims)
+    digest = hashlib.sha1(np.ascontiguousarray(values).tobytes())
+    for name in sorted(coords):
+        digest.update(name.encode() + np.asarray(coords[name][1]).astype(str).tobytes())
+    digest.update(stimulus_set.identifier.encode())
+    assembly.attrs['identifier'] = f'user-{digest.hexdigest()[:12]}'
+    assembly.attrs['stimulus_set_identifier'] = stimulus_set.identifier
+    assembly.attrs['stimulus_set'] = stimulus_set
+    assembly.attrs['source'] = str(source)
+    logger.info('recordings %s: %d presentations of %d stimuli, %d neuroids in %s', source,
+                assembly.sizes['presentation'], len(stimulus_ids), assembly.sizes['neuroid'],
+                ', '.join(sorted(set(coords['region'][1]))))
+    return assembly
+
+
+def _shown_stimuli(stimulus_set: StimulusSet, stimulus_ids, source, stimuli_source) -> StimulusSet:
+    """The stimuli of ``stimulus_ids``, in that order, with their image files checked and an identifier
+    that hashes the images (so Brain-Score's caches never mix datasets)."""
+    paths = {str(sid): path for sid, path in stimulus_set.stimulus_paths.items()}
+    stimulus_set = StimulusSet(stimulus_set.copy())
+    stimulus_set['stimulus_id'] = stimulus_set['stimulus_id'].astype(str)
     available = set(stimulus_set['stimulus_id'])
     missing = [sid for sid in stimulus_ids if sid not in available]
     if len(missing) == len(stimulus_ids):
@@ -223,14 +246,13 @@ def assemble(array: xr.DataArray, stimulus_set: StimulusSet, source='recordings'
     stimulus_set.stimulus_paths = {sid: str(paths[sid]) for sid in stimulus_ids}
     _check_image_files(stimulus_set, stimuli_source)
     stimulus_set.identifier = f'user-stimuli-{content_digest(stimulus_set, stimulus_ids)}'
+    return stimulus_set
 
-    coords = {}
-    for name, dims, values in walk_coords(array):
-        if name in ('presentation', 'neuroid', 'time_bin') or not dims:
-            continue
-        if name in ('stimulus_id', 'repetition', 'image_id'):
-            continue
-        coords[name] = (dims, np.asarray(values))
+
+def _coords(array: xr.DataArray, frame: pd.DataFrame, repetition: np.ndarray, source) -> dict:
+    """The assembly's coords: the array's own, string stimulus ids, repetitions, unique neuroid ids, regions."""
+    coords = {name: (dims, np.asarray(values)) for name, dims, values in walk_coords(array)
+              if dims and name not in ('presentation', 'neuroid', 'time_bin', 'stimulus_id', 'repetition', 'image_id')}
     coords['stimulus_id'] = ('presentation', frame['stimulus_id'].to_numpy(dtype=object))
     coords['repetition'] = ('presentation', np.asarray(repetition))
     neuroid_coords = [name for name, (dims, _) in coords.items() if dims == ('neuroid',)]
@@ -249,21 +271,7 @@ def assemble(array: xr.DataArray, stimulus_set: StimulusSet, source='recordings'
             if coords.get(edge, ((),))[0] != ('time_bin',):
                 raise DataError(f"{source} has a time_bin dim without a '{edge}' coord; give each bin its "
                                 f"start and end in ms")
-    dims = [d for d in ('presentation', 'neuroid', 'time_bin') if d in array.dims]
-    values = np.asarray(array.transpose(*dims).values, dtype=float)
-    assembly = NeuronRecordingAssembly(values, coords=coords, dims=dims)
-    digest = hashlib.sha1(np.ascontiguousarray(values).tobytes())
-    for name in sorted(coords):
-        digest.update(name.encode() + np.asarray(coords[name][1]).astype(str).tobytes())
-    digest.update(stimulus_set.identifier.encode())
-    assembly.attrs['identifier'] = f'user-{digest.hexdigest()[:12]}'
-    assembly.attrs['stimulus_set_identifier'] = stimulus_set.identifier
-    assembly.attrs['stimulus_set'] = stimulus_set
-    assembly.attrs['source'] = str(source)
-    logger.info('recordings %s: %d presentations of %d stimuli, %d neuroids in %s', source,
-                assembly.sizes['presentation'], len(stimulus_ids), assembly.sizes['neuroid'],
-                ', '.join(sorted(set(coords['region'][1]))))
-    return assembly
+    return coords
 
 
 def load_recordings(data: PathLike, stimuli: PathLike) -> NeuronRecordingAssembly:

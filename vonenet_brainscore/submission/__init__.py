@@ -1,9 +1,11 @@
-"""Brain-Score submissions: one self-contained zip per model, and the website's upload check run locally.
+"""Brain-Score submissions, the floor above the uses of a model: one self-contained zip per model, and
+the website's upload check run locally.
 
 A submitted plugin cannot rely on this package being installed where Brain-Score scores it (it is not
-on PyPI), so ``build_submission`` generates the plugin from the package at build time with the code it
-needs inside (``vendoring``, ``plugin_files``) and writes the zip (``archive``). ``check_submission``
-applies the website's rules (``website``). ``build_submission`` refuses to write a zip that breaks them.
+on PyPI), so ``build_submission`` renders the plugin from the package at build time with the code it
+needs inside (``brain.plugin.files`` and ``brain.plugin.vendoring``) and writes the zip (``archive``).
+``check_submission`` applies the website's rules (``website``); ``build_submission`` refuses to write a
+zip that breaks them.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import os
 from pathlib import Path
 from typing import List
 
-from ..errors import SubmissionError
-from .archive import checked_destination, write_zip
 from ..brain.plugin.files import render_plugin
+from ..errors import SubmissionError
+from ..published.naming import list_identifiers, resolve
+from .archive import checked_destination, write_zip
 from .website import check_submission, load_taken_names
 
 __all__ = ['build_submission', 'build_all_submissions', 'check_submission', 'render_plugin', 'load_taken_names',
@@ -27,7 +30,6 @@ SUBMISSION_ROOT = 'submission'
 def build_submission(model: str, out_zip) -> Path:
     """Write the upload zip for one brain model (``vonenet_resnet50``, or a catalogue name such as
     ``resnet50``) and return its path. The zip is checked with the website's rules before it is kept."""
-    from ..published.naming import resolve
     identifier = resolve(model)
     out_zip = checked_destination(out_zip)
     # built and checked beside its destination, then renamed: a zip that breaks the rules never
@@ -48,7 +50,6 @@ def build_submission(model: str, out_zip) -> Path:
 
 def build_all_submissions(folder) -> List[Path]:
     """One zip per brain-model identifier, ``<folder>/<identifier>.zip``."""
-    from ..published.naming import list_identifiers
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SubmissionError(f"--all {folder}: it is a file; give a folder to write one zip per model into")

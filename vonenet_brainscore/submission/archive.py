@@ -1,19 +1,19 @@
 """Write a Brain-Score submission zip: ``<root>/models/<plugin>/...`` with explicit folder entries.
 
-The website finds plugin types and plugins by their folder entries (names ending in ``/``), so every
-folder gets one, the root first. Timestamps and permissions are fixed, so the same files give the
-same zip, byte for byte. The zip is written beside its destination and renamed into place: the
+Part of ``submission/`` (brain-score.org's upload rules and the zips): ``website`` checks what this
+module writes. The website finds plugin types and plugins by their folder entries (names ending in
+``/``), so every folder gets one, the root first. Timestamps and permissions are fixed, so the same
+files give the same zip, byte for byte. The zip is written through ``paths.write_atomically``: the
 destination is either the complete new zip or untouched.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict
+from typing import BinaryIO, Dict
 
 from ..errors import SubmissionError
+from ..paths import write_atomically
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -45,29 +45,21 @@ def write_zip(out_zip, root: str, plugin: str, files: Dict[str, bytes]) -> Path:
     out_zip = checked_destination(out_zip)
     try:
         out_zip.parent.mkdir(parents=True, exist_ok=True)
-        handle, part = tempfile.mkstemp(dir=out_zip.parent, prefix=f'.{out_zip.name}.', suffix='.part')
+        write_atomically(out_zip, lambda stream: _write_entries(stream, _entries(root, plugin, files)), mode=0o644)
     except OSError as error:
-        raise SubmissionError(f"cannot write {out_zip}: {error}") from error
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            with zipfile.ZipFile(stream, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
-                for name, content in _entries(root, plugin, files).items():
-                    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-                    if content is None:
-                        info.external_attr = (0o40755 << 16) | 0x10  # a folder, rwxr-xr-x
-                        archive.writestr(info, b'')
-                    else:
-                        info.external_attr = 0o100644 << 16
-                        info.compress_type = zipfile.ZIP_DEFLATED
-                        archive.writestr(info, content)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(part, 0o644)
-        os.replace(part, out_zip)
-    except BaseException as error:
-        if os.path.exists(part):
-            os.unlink(part)
-        if isinstance(error, OSError):
-            raise SubmissionError(f"could not write the submission {out_zip}: {error}") from error
-        raise
+        raise SubmissionError(f"could not write the submission {out_zip}: {error}") from error
     return out_zip
+
+
+def _write_entries(stream: BinaryIO, entries: Dict[str, bytes]) -> None:
+    """The zip of ``entries`` (None: a folder) with fixed dates and permissions."""
+    with zipfile.ZipFile(stream, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            if content is None:
+                info.external_attr = (0o40755 << 16) | 0x10  # a folder, rwxr-xr-x
+                archive.writestr(info, b'')
+            else:
+                info.external_attr = 0o100644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, content)

@@ -1,5 +1,8 @@
 """Brain-Score's website upload check, run locally: every rule a model zip must pass before it is accepted.
 
+Part of ``submission/`` (brain-score.org's upload rules and the zips); ``build_submission`` runs it on
+every zip before keeping it, ``vonenet-brainscore submission --check`` on any zip.
+
 The rules are those of brain-score/brain-score.web, ``benchmarks/views/user.py`` (``validate_zip``,
 ``is_submission_original_and_under_plugin_limit`` and helpers; read 2026-12-01), in the same order and
 reading the zip the same way (folder entries end in ``/``; identifiers are read from
@@ -20,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from io import TextIOWrapper
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Set
+from typing import Dict, FrozenSet, List, Optional, Set
 
 MAX_ZIP_MB = 50
 PLUGIN_LIMIT = 1
@@ -102,52 +105,81 @@ def check_submission(zip_path, taken: TakenNames = None) -> List[str]:
     path = Path(zip_path)
     if not path.is_file():
         return [f"{path} is not a file"]
-    size_mb = os.path.getsize(path) / (1024 * 1024)
-    problems = []
-    if size_mb > MAX_ZIP_MB:
-        problems.append(f"the zip is {size_mb:.1f} MB; the website refuses zips over {MAX_ZIP_MB} MB (weights "
-                        f"belong on a server the plugin downloads from, not in the zip)")
+    problems = _size_problems(path)
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
         return problems + [f"not a readable zip file ({error})"]
     with archive:
-        infos = archive.infolist()
-        names = [info.filename for info in infos]
+        names = [info.filename for info in archive.infolist()]
         if not names:
             return problems + ['the zip is empty']
-        problems += [f"file name {name!r} contains a space; the website refuses spaces in file names"
-                     for name in names if ' ' in name]
-        problems += [f"{name}: the website refuses user-contributed metadata files (Brain-Score writes "
-                     f"metadata.yaml itself)" for name in names
-                     if name.lower().endswith(('metadata.yaml', 'metadata.yml'))]
-        roots = {name.split('/')[0] for name in names if not name.startswith(('.', '_', '__MACOSX'))}
-        if len(roots) != 1:
-            problems.append(f"the zip must hold exactly one top-level folder (<root>/models/<plugin>/), "
-                            f"found {sorted(roots)}")
-        plugin_types = {name.split('/')[1].lower() for name in names if name.endswith('/') and name.count('/') == 2}
-        plugin_types &= set(PLUGIN_TYPES)
-        if not plugin_types:
-            problems.append(f"no plugin folder: the layout must be <root>/models/<plugin>/ with an explicit "
-                            f"folder entry '{names[0].split('/')[0]}/models/'")
-            return problems
-        instances = {plugin: [name.split('/')[2] for name in names if name.endswith('/')
-                              and name.count('/') == 3 and name.split('/')[1] == plugin]
-                     for plugin in plugin_types}
-        if not any(instances.values()):
-            problems.append(f"the {', '.join(sorted(plugin_types))} folder holds no plugin folder entry "
-                            f"(<root>/<type>/<plugin>/)")
-        for plugin, folders in instances.items():
-            for folder in folders:
-                present = {name.split('/')[-1] for name in names if len(name.split('/')) > 1
-                           and name.split('/')[-2] == folder}
-                missing = [required for required in REQUIRED_FILES if required not in present]
-                if missing:
-                    problems.append(f"plugin folder {plugin}/{folder}/ lacks {' and '.join(missing)}; the website "
-                                    f"requires both __init__.py and test.py")
+        problems += _name_problems(names)
+        instances = _plugin_folders(names)
+        if instances is None:
+            return problems + [f"no plugin folder: the layout must be <root>/models/<plugin>/ with an explicit "
+                               f"folder entry '{names[0].split('/')[0]}/models/'"]
+        problems += _layout_problems(names, instances)
         registered = _registrations(archive)
         problems += [f"{entry} is registered with double quotes; the website reads only model_registry['...'] "
                      f"with single quotes" for entry in _double_quoted(archive)]
+    return problems + _registration_problems(registered, instances, taken)
+
+
+def _size_problems(path: Path) -> List[str]:
+    size_mb = os.path.getsize(path) / (1024 * 1024)
+    if size_mb <= MAX_ZIP_MB:
+        return []
+    return [f"the zip is {size_mb:.1f} MB; the website refuses zips over {MAX_ZIP_MB} MB (weights belong on a "
+            f"server the plugin downloads from, not in the zip)"]
+
+
+def _name_problems(names: List[str]) -> List[str]:
+    """File names the website refuses, and a zip without exactly one top-level folder."""
+    problems = [f"file name {name!r} contains a space; the website refuses spaces in file names"
+                for name in names if ' ' in name]
+    problems += [f"{name}: the website refuses user-contributed metadata files (Brain-Score writes "
+                 f"metadata.yaml itself)" for name in names
+                 if name.lower().endswith(('metadata.yaml', 'metadata.yml'))]
+    roots = {name.split('/')[0] for name in names if not name.startswith(('.', '_', '__MACOSX'))}
+    if len(roots) != 1:
+        problems.append(f"the zip must hold exactly one top-level folder (<root>/models/<plugin>/), "
+                        f"found {sorted(roots)}")
+    return problems
+
+
+def _plugin_folders(names: List[str]) -> Optional[Dict[str, List[str]]]:
+    """``{plugin type: its plugin folders}`` from the folder entries; None without any plugin type folder."""
+    plugin_types = {name.split('/')[1].lower() for name in names if name.endswith('/') and name.count('/') == 2}
+    plugin_types &= set(PLUGIN_TYPES)
+    if not plugin_types:
+        return None
+    return {plugin: [name.split('/')[2] for name in names if name.endswith('/')
+                     and name.count('/') == 3 and name.split('/')[1] == plugin]
+            for plugin in plugin_types}
+
+
+def _layout_problems(names: List[str], instances: Dict[str, List[str]]) -> List[str]:
+    """A plugin type folder without plugins, and plugin folders without __init__.py and test.py."""
+    problems = []
+    if not any(instances.values()):
+        problems.append(f"the {', '.join(sorted(instances))} folder holds no plugin folder entry "
+                        f"(<root>/<type>/<plugin>/)")
+    for plugin, folders in instances.items():
+        for folder in folders:
+            present = {name.split('/')[-1] for name in names if len(name.split('/')) > 1
+                       and name.split('/')[-2] == folder}
+            missing = [required for required in REQUIRED_FILES if required not in present]
+            if missing:
+                problems.append(f"plugin folder {plugin}/{folder}/ lacks {' and '.join(missing)}; the website "
+                                f"requires both __init__.py and test.py")
+    return problems
+
+
+def _registration_problems(registered: Dict[str, Dict[str, Set[str]]], instances: Dict[str, List[str]],
+                           taken: TakenNames) -> List[str]:
+    """No model registered, hyphens, too many identifiers, and names refused or already taken."""
+    problems = []
     identifiers = {name for folders in registered.values() for names in folders.values() for name in names}
     if registered['models'] and not any(registered['models'].values()):  # an __init__.py that registers nothing
         problems.append("no model registration found: models/<plugin>/__init__.py must register the model "

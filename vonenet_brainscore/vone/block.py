@@ -1,12 +1,17 @@
-"""The VOneBlock: a fixed-weight model of primate V1 (Gabor filter bank, simple and complex cells,
-gain, and Poisson-like neuronal noise)."""
+"""Step three of the V1 model (vone/: params -> filters -> block): the VOneBlock, a fixed-weight model
+of primate V1 (Gabor filter bank, simple and complex cells, gain, and Poisson-like neuronal noise),
+and ``VOneBlockConfig``, its settings and the one source of every fact about its geometry.
+
+The Gabor stage has several methods (``METHODS``) that give the same outputs: 'dense' here, the
+faster ones in ``accel/``. ``model.py`` puts the block in front of a back-end.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,10 +20,11 @@ from torch.nn import functional as F
 
 from .accel import native
 from .accel.compiled import CompiledCells
-from .accel.grouped import GroupedGabors, NotSingleChannel
+from .accel.grouped import GroupedGabors
 from .accel.spectral import SpectralGabors
-from .filters import GaborFilterBank, assign_colour_channels, gabor_kernels
+from .filters import GaborFilterBank, NotSingleChannel, assign_colour_channels, gabor_kernels, output_side
 from .inputs import InputError, InputTypeError, check_images, check_matches
+from .noise import NoiseSource
 from .params import GaborParameters, sample_gabor_parameters
 
 NOISE_MODES = (None, 'neuronal', 'gaussian')
@@ -52,6 +58,9 @@ class VOneBlockConfig:
     visual_degrees: float = 8
     ksize: int = 25
     stride: int = 4
+
+    FORWARD_SETTINGS: ClassVar[Tuple[str, ...]] = ('k_exc', 'noise_mode', 'noise_scale', 'noise_level')
+    """Settings read at each forward pass; all others are built into the filters."""
 
     def __post_init__(self):
         def setting(name, rule):
@@ -90,6 +99,20 @@ class VOneBlockConfig:
     def pixels_per_degree(self) -> float:
         return self.image_size / self.visual_degrees
 
+    @property
+    def padding(self) -> int:
+        """The filters' half size: the original pads so that output (i, j) centres on pixel stride * (i, j)."""
+        return self.ksize // 2
+
+    def output_side(self, length: int, padding: Optional[int] = None) -> int:
+        """Outputs along an image axis of ``length`` pixels (padded by ``padding``, default the filters')."""
+        return output_side(length, self.ksize, self.stride, self.padding if padding is None else padding)
+
+    def output_shape(self, image_size: Optional[int] = None) -> tuple:
+        """(channels, rows, columns) of the block's output for square images (default ``image_size``)."""
+        side = self.output_side(image_size or self.image_size)
+        return self.out_channels, side, side
+
     def replace(self, **changes) -> 'VOneBlockConfig':
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -101,37 +124,43 @@ class VOneBlockConfig:
         return dataclasses.asdict(self)
 
 
+def _setting(name: str) -> property:
+    """A read-only view of ``config.<name>``, for code that reads the setting off the block."""
+    return property(lambda self: getattr(self.config, name), doc=f"``config.{name}`` (read-only).")
+
+
 class VOneBlock(nn.Module):
     """Simple cells (rectified even-phase Gabor), complex cells (quadrature energy / sqrt 2), gain
     ``k_exc``, then noise and a final rectification.
 
     The two filter banks ``simple_conv_q0`` (phase) and ``simple_conv_q1`` (phase + 90 deg) are the
-    only state, so published checkpoints restore exactly the filters (and colour channels) they
-    were trained with. Noise comes from torch's global RNG unless ``noise_seed`` is given, in which
-    case the block owns its generator; ``fix_noise`` freezes one draw for deterministic evaluation.
+    only weights, so published checkpoints restore exactly the filters (and colour channels) they
+    were trained with. ``config`` holds every setting. The noise comes from ``noise_source`` (torch's
+    global RNG unless ``noise_seed`` is given, in which case the block owns its generator);
+    ``fix_noise`` freezes one draw for deterministic evaluation.
     """
+
+    in_channels = 3  # the images' colour channels (RGB)
+    simple_channels = _setting('simple_channels')
+    stride = _setting('stride')
+    k_exc = _setting('k_exc')
+    noise_mode = _setting('noise_mode')
+
+    # Below this many output positions per image the direct matrix product beats the Fourier route
+    # (measured on CPU: benchmarks/vone_block.py --sides).
+    SPECTRAL_MIN_POSITIONS = 256
 
     def __init__(self, config: Optional[VOneBlockConfig] = None, *, noise_seed: Optional[int] = None,
                  **settings):
         super().__init__()
         config = (config or VOneBlockConfig()).replace(**settings)
-        self.config = config
-        self.in_channels = 3
-        self.simple_channels = config.simple_channels
-        self.complex_channels = config.complex_channels
-        self.out_channels = config.out_channels
-        self.stride = config.stride
-        self.input_size = config.image_size
-        self.k_exc = config.k_exc
-        self.noise_mode = config.noise_mode
-        self.noise_scale = config.noise_scale
-        self.noise_level = config.noise_level
-
+        self._config = config
         self.gabor_parameters = sample_gabor_parameters(
             config.out_channels, seed=config.gabor_seed, rand_param=config.rand_param,
             sf_corr=config.sf_corr, sf_max=config.sf_max, sf_min=config.sf_min)
-        self.simple_conv_q0 = GaborFilterBank(self.in_channels, self.out_channels, config.ksize, config.stride)
-        self.simple_conv_q1 = GaborFilterBank(self.in_channels, self.out_channels, config.ksize, config.stride)
+        banks = [GaborFilterBank(self.in_channels, config.out_channels, config.ksize, config.stride, config.padding)
+                 for _ in range(2)]
+        self.simple_conv_q0, self.simple_conv_q1 = banks
         self._initialize_filters(self.gabor_parameters, config)
 
         # Named hook points, as in the original, so layer names such as 'vone_block.output' resolve.
@@ -141,13 +170,28 @@ class VOneBlock(nn.Module):
         self.noise = nn.ReLU(inplace=True)
         self.output = nn.Identity()
 
-        self.fixed_noise: Optional[torch.Tensor] = None
-        self._noise_seed = noise_seed
-        self._noise_generator: Optional[torch.Generator] = None
+        self.noise_source = NoiseSource(noise_seed)
         # How the Gabor stage is computed; every method gives the same outputs (to float32 rounding).
         self.method = 'auto'
         self._plans: dict = {}
         self._plans_key = None
+
+    @property
+    def config(self) -> VOneBlockConfig:
+        """The block's settings, the one source of every fact about it."""
+        return self._config
+
+    @config.setter
+    def config(self, config: VOneBlockConfig) -> None:
+        """Change the settings read at each forward pass (gain, noise); the others are built into the filters."""
+        if not isinstance(config, VOneBlockConfig):
+            raise TypeError(f"VOneBlock.config must be a VOneBlockConfig, got {type(config).__name__}")
+        built_in = [field.name for field in dataclasses.fields(config) if field.name not in config.FORWARD_SETTINGS
+                    and getattr(config, field.name) != getattr(self._config, field.name)]
+        if built_in:
+            raise ValueError(f"VOneBlock settings {built_in} are built into its filters and cannot change; "
+                             f"build a new VOneBlock (only {', '.join(config.FORWARD_SETTINGS)} can)")
+        self._config = config
 
     def _initialize_filters(self, params: GaborParameters, config: VOneBlockConfig) -> None:
         """Convert degrees to pixels and fill both quadrature banks on seeded colour channels."""
@@ -157,22 +201,13 @@ class VOneBlock(nn.Module):
         generator = torch.Generator().manual_seed(config.colour_seed)
         for bank, offset in ((self.simple_conv_q0, 0.0), (self.simple_conv_q1, np.pi / 2)):
             kernels = gabor_kernels(sf_px, sigma_x, sigma_y, theta, phase + offset, config.ksize)
-            bank.initialize(kernels, assign_colour_channels(self.out_channels, self.in_channels, generator))
+            bank.initialize(kernels, assign_colour_channels(config.out_channels, self.in_channels, generator))
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x):
         x = self.gabors_f(x)
         x = self.noise_f(x)
         return self.output(x)
-
-    @property
-    def fast(self) -> bool:
-        """False when the original's dense convolutions are forced (``method = 'dense'``)."""
-        return self.method != 'dense'
-
-    @fast.setter
-    def fast(self, value: bool) -> None:
-        self.method = 'auto' if value else 'dense'
 
     def check_input(self, x, padding=None, *, name: str = 'images', where: str = 'the VOneBlock') -> None:
         """Raise :class:`~vonenet_brainscore.vone.inputs.InputError` (a ValueError, or a TypeError for
@@ -185,10 +220,10 @@ class VOneBlock(nn.Module):
 
     def _padding(self, padding) -> int:
         if padding is None:
-            return self.simple_conv_q0.padding
+            return self.config.padding
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise InputError(f"VOneBlock padding must be a whole number of pixels >= 0 (or None for the "
-                             f"filters' half size, {self.simple_conv_q0.padding}); got {padding!r}")
+                             f"filters' half size, {self.config.padding}); got {padding!r}")
         return padding
 
     def _check_method_takes(self, x: torch.Tensor, method: str) -> None:
@@ -206,32 +241,29 @@ class VOneBlock(nn.Module):
         self.check_input(x, padding)
         method = self.method_for(x, padding)
         self._check_method_takes(x, method)
+        simple, k_exc = self.config.simple_channels, self.config.k_exc
         if method == 'dense':  # the original's arithmetic, operation for operation
             q0 = self.simple_conv_q0(x, padding)
             q1 = self.simple_conv_q1(x, padding)
-            s = self.simple(q0[:, :self.simple_channels])
-            c = self.complex(torch.sqrt(q0[:, self.simple_channels:] ** 2 + q1[:, self.simple_channels:] ** 2)
-                             / np.sqrt(2))
-            return self.gabors(self.k_exc * torch.cat((s, c), 1))
+            s = self.simple(q0[:, :simple])
+            c = self.complex(torch.sqrt(q0[:, simple:] ** 2 + q1[:, simple:] ** 2) / np.sqrt(2))
+            return self.gabors(k_exc * torch.cat((s, c), 1))
         if method == 'compiled':
             if self.method == 'compiled':  # 'auto' picked it only where it applies
                 self._check_compiled(x)
-            return self.gabors(self._compiled_plan()(x, (self.k_exc, self.k_exc / np.sqrt(2)), padding))
+            return self.gabors(self._compiled_plan()(x, (k_exc, k_exc / np.sqrt(2)), padding))
         # Same cells with fewer passes over memory: hypot for the energy, gain folded into one multiply,
         # results written straight into the output (differences are float32 rounding).
         q0, q1_complex = self._filter_plans()[method](x, padding)
-        s = self.simple(q0[:, :self.simple_channels])
-        c = self.complex(torch.hypot(q0[:, self.simple_channels:], q1_complex))
+        s = self.simple(q0[:, :simple])
+        c = self.complex(torch.hypot(q0[:, simple:], q1_complex))
         if torch.is_grad_enabled() and x.requires_grad:  # out= writes are not differentiable
-            return self.gabors(torch.cat((s * self.k_exc, c * (self.k_exc / np.sqrt(2))), 1))
-        out = torch.empty((q0.shape[0], self.out_channels) + tuple(q0.shape[2:]), dtype=q0.dtype, device=q0.device)
-        torch.mul(s, self.k_exc, out=out[:, :self.simple_channels])
-        torch.mul(c, self.k_exc / np.sqrt(2), out=out[:, self.simple_channels:])
+            return self.gabors(torch.cat((s * k_exc, c * (k_exc / np.sqrt(2))), 1))
+        out = torch.empty((q0.shape[0], self.config.out_channels) + tuple(q0.shape[2:]), dtype=q0.dtype,
+                          device=q0.device)
+        torch.mul(s, k_exc, out=out[:, :simple])
+        torch.mul(c, k_exc / np.sqrt(2), out=out[:, simple:])
         return self.gabors(out)
-
-    # Below this many output positions per image the direct matrix product beats the Fourier route
-    # (measured on CPU: benchmarks/vone_block.py --sides).
-    SPECTRAL_MIN_POSITIONS = 256
 
     def method_for(self, x: torch.Tensor, padding=None) -> str:
         """The method ``gabors_f`` uses for ``x``: 'compiled', 'spectral', 'grouped' or 'dense'."""
@@ -248,9 +280,7 @@ class VOneBlock(nn.Module):
             return 'spectral'  # the one method whose filters follow the images' dtype
         if x.dtype not in FFT_DTYPES:
             return 'grouped'  # torch.fft takes neither float16 nor bfloat16 on the CPU
-        padding = self.simple_conv_q0.padding if padding is None else padding
-        side = lambda n: (n + 2 * padding - self.config.ksize) // self.stride + 1
-        positions = side(x.shape[-2]) * side(x.shape[-1])
+        positions = self.config.output_side(x.shape[-2], padding) * self.config.output_side(x.shape[-1], padding)
         if x.device.type != 'cpu' or positions < self.SPECTRAL_MIN_POSITIONS:
             return 'grouped'
         obstacle = self._compiled_obstacle(x)
@@ -291,7 +321,7 @@ class VOneBlock(nn.Module):
         key = (q0.weight._version, q1.weight._version, q0.weight.data_ptr(), q1.weight.data_ptr(),
                q0.weight.device, q0.weight.dtype)
         if key != self._plans_key:
-            arguments = (q0.weight.detach(), q1.weight.detach(), self.simple_channels, self.stride, q0.padding)
+            arguments = self._plan_arguments(q0.weight.detach(), q1.weight.detach())
             try:
                 self._plans = {'grouped': GroupedGabors(*arguments), 'spectral': SpectralGabors(*arguments)}
             except NotSingleChannel:
@@ -299,66 +329,35 @@ class VOneBlock(nn.Module):
             self._plans_key = key
         return self._plans
 
+    def _plan_arguments(self, q0: torch.Tensor, q1: torch.Tensor) -> tuple:
+        """What every fast method is built from: both banks' weights and the block's geometry."""
+        return q0, q1, self.config.simple_channels, self.config.stride, self.config.padding
+
     def _compiled_plan(self) -> CompiledCells:
         """The compiled method's units, built on first use (after the kernels are compiled)."""
         plans = self._filter_plans()
         if 'compiled' not in plans:
-            q0, q1 = self.simple_conv_q0, self.simple_conv_q1
-            plans['compiled'] = CompiledCells(q0.weight, q1.weight, self.simple_channels, self.stride, q0.padding,
-                                              native.kernels())
+            arguments = self._plan_arguments(self.simple_conv_q0.weight, self.simple_conv_q1.weight)
+            plans['compiled'] = CompiledCells(*arguments, native.kernels())
         return plans['compiled']
 
     def noise_f(self, x):
         """Add noise in the block's mode, then rectify. The arithmetic order is the original's."""
-        if self.noise_mode == 'neuronal':
-            x = x * self.noise_scale  # not in place: never write into the caller's tensor
-            x += self.noise_level
-            x += self._standard_noise(x) * torch.sqrt(F.relu(x) + NEURONAL_NOISE_EPS)
-            x -= self.noise_level
-            x /= self.noise_scale
-        elif self.noise_mode == 'gaussian':
-            x = x + self._standard_noise(x) * self.noise_scale
+        mode, scale, level = self.config.noise_mode, self.config.noise_scale, self.config.noise_level
+        if mode == 'neuronal':
+            x = x * scale  # not in place: never write into the caller's tensor
+            x += level
+            x += self.noise_source.draw(x) * torch.sqrt(F.relu(x) + NEURONAL_NOISE_EPS)
+            x -= level
+            x /= scale
+        elif mode == 'gaussian':
+            x = x + self.noise_source.draw(x) * scale
         return self.noise(x)
 
-    # --- noise control --------------------------------------------------------------------------
-    def _standard_noise(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fixed_noise is not None:
-            batch = x.shape[0]
-            if batch > self.fixed_noise.shape[0] or self.fixed_noise.shape[1:] != x.shape[1:]:
-                raise ValueError(
-                    f"fixed noise has shape {tuple(self.fixed_noise.shape)} but the batch has shape "
-                    f"{tuple(x.shape)}; call fix_noise(batch_size={batch}) (or larger) for this input size")
-            return self.fixed_noise[:batch].to(device=x.device, dtype=x.dtype)
-        generator = self._generator_for(x.device)
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-    def _generator_for(self, device: torch.device) -> Optional[torch.Generator]:
-        if self._noise_seed is None:
-            return None
-        if self._noise_generator is None or self._noise_generator.device != device:
-            self._noise_generator = torch.Generator(device=device).manual_seed(self._noise_seed)
-        return self._noise_generator
-
+    # --- noise control (delegates to noise_source, kept for the original's API) ----------------
     def reseed_noise(self, seed: Optional[int]) -> None:
         """Restart the noise stream at ``seed`` (None: draw from torch's global RNG, as the original)."""
-        self._noise_seed = seed
-        self._noise_generator = None
-
-    def output_shape(self, image_size: Optional[int] = None) -> tuple:
-        size = image_size or self.input_size
-        side = (size + 2 * (self.config.ksize // 2) - self.config.ksize) // self.stride + 1
-        return self.out_channels, side, side
-
-    def units_within(self, centre_deg: tuple, radius_deg: float) -> tuple:
-        """Output rows ``r0:r1`` and columns ``c0:c1`` whose centres lie within ``radius_deg`` (per
-        axis) of ``centre_deg`` = (y, x) degrees from the image centre, y downwards, x rightwards."""
-        side = self.output_shape()[1]
-        centres = (np.arange(side) * self.stride + 0.5 - self.input_size / 2) / self.config.pixels_per_degree
-        rows = np.flatnonzero(np.abs(centres - centre_deg[0]) <= radius_deg)
-        cols = np.flatnonzero(np.abs(centres - centre_deg[1]) <= radius_deg)
-        if len(rows) == 0 or len(cols) == 0:
-            raise ValueError(f"no V1 unit lies within {radius_deg} deg of {centre_deg} deg")
-        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        self.noise_source.reseed(seed)
 
     def fix_noise(self, batch_size: int = 256, seed: Optional[int] = 0, image_size: Optional[int] = None) -> None:
         """Freeze one standard-normal draw so every forward pass sees the same noise.
@@ -367,13 +366,29 @@ class VOneBlock(nn.Module):
         seed; the original ignores seed 0). A batch smaller than ``batch_size`` uses the first rows,
         so image i of a batch gets the same noise whatever the batch size.
         """
-        shape = (batch_size,) + self.output_shape(image_size)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        device = self.simple_conv_q0.weight.device
-        self.fixed_noise = torch.randn(shape, generator=generator).to(device) if self.noise_mode else None
+        draw = None
+        if self.config.noise_mode:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            shape = (batch_size,) + self.output_shape(image_size)
+            draw = torch.randn(shape, generator=generator).to(self.simple_conv_q0.weight.device)
+        self.noise_source.freeze(draw)
 
-    def unfix_noise(self) -> None:
-        self.fixed_noise = None
+    # --- geometry -------------------------------------------------------------------------------
+    def output_shape(self, image_size: Optional[int] = None) -> tuple:
+        """(channels, rows, columns) of the output for square images (default: the configured size)."""
+        return self.config.output_shape(image_size)
+
+    def units_within(self, centre_deg: tuple, radius_deg: float) -> tuple:
+        """Output rows ``r0:r1`` and columns ``c0:c1`` whose centres lie within ``radius_deg`` (per
+        axis) of ``centre_deg`` = (y, x) degrees from the image centre, y downwards, x rightwards."""
+        c = self.config
+        side = c.output_side(c.image_size)
+        centres = (np.arange(side) * c.stride + 0.5 - c.image_size / 2) / c.pixels_per_degree
+        rows = np.flatnonzero(np.abs(centres - centre_deg[0]) <= radius_deg)
+        cols = np.flatnonzero(np.abs(centres - centre_deg[1]) <= radius_deg)
+        if len(rows) == 0 or len(cols) == 0:
+            raise ValueError(f"no V1 unit lies within {radius_deg} deg of {centre_deg} deg")
+        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
     def extra_repr(self):
         c = self.config

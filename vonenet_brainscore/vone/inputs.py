@@ -1,4 +1,4 @@
-"""What the VOneBlock (and a VOneNet) accept, checked before any method runs.
+"""What the VOneBlock (vone/block.py) and a VOneNet (model.py) accept, checked before any method runs.
 
 Every check but the last reads only the tensor's metadata (microseconds); the last is one
 reduction over the batch that finds NaN or infinite pixels (a sum, which is finite exactly when

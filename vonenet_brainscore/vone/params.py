@@ -1,4 +1,5 @@
-"""Gabor parameters of the VOneBlock, sampled from published macaque V1 distributions.
+"""Step one of the V1 model (vone/: params -> filters -> block): the VOneBlock's Gabor parameters,
+sampled from published macaque V1 distributions.
 
 The sampling reproduces the original VOneNet code draw for draw: the same ``gabor_seed`` gives the
 same parameters. It uses a private ``numpy.random.RandomState`` instead of the global numpy RNG, so

@@ -1,5 +1,9 @@
 """The files of a Brain-Score model plugin, generated from the package (never kept as a second copy).
 
+Every identifier in them comes from ``published.naming`` (the one naming rule), every region map and
+candidate layer list from ``commitments/``; ``install`` writes the local plugin and ``submission`` zips
+the submitted one.
+
 Two kinds, one generator:
 
 - **submitted** (one identifier, the website's rule): the plugin carries this package's code as the
@@ -18,8 +22,10 @@ from __future__ import annotations
 import json
 from typing import Dict, Sequence
 
-from ...dependencies import IMPORT_TO_DISTRIBUTION, SUPPORTED
+from ...dependencies import IMPORT_TO_DISTRIBUTION, SUPPORTED, VERSION
 from ...errors import SubmissionError
+from ...published.catalogue import model_record
+from ...published.naming import spec
 from .vendoring import PACKAGE, PACKAGE_DIR, vendored_code
 
 VENDORED_PACKAGE = PACKAGE
@@ -142,14 +148,7 @@ def test_region_layer_map(identifier):
 '''
 
 
-def _version() -> str:
-    from ...dependencies import VERSION
-    return VERSION
-
-
 def _summary(identifiers: Sequence[str]) -> str:
-    from ...published.naming import spec
-    from ...published.catalogue import model_record
     if len(identifiers) == 1:
         model_spec = spec(identifiers[0])
         noise = '' if model_spec.noise else ', VOneBlock noise off'
@@ -171,8 +170,7 @@ def requirements_text(third_party: Sequence[str]) -> str:
 
 def region_layer_maps(identifiers: Sequence[str]) -> Dict[str, str]:
     """``{identifier: JSON text}`` of each brain model's committed region -> layer map (from commitments/)."""
-    from ..commitments import load_commitment
-    from ...published.naming import spec
+    from ..commitments import load_commitment  # torch: only when a plugin is rendered
     return {identifier: json.dumps(dict(load_commitment(spec(identifier).model).region_layers), indent=2) + '\n'
             for identifier in identifiers}
 
@@ -183,12 +181,11 @@ def render_plugin(identifiers: Sequence[str], *, carry_code: bool) -> Dict[str, 
     ``carry_code=True`` (a submission) copies the package's code in and imports it relatively;
     ``False`` (a local install) imports the installed package.
     """
-    from ..commitments import load_commitment
-    from ...published.naming import spec
+    from ..commitments import load_commitment  # torch: only when a plugin is rendered
     identifiers = [spec(identifier).identifier for identifier in identifiers]  # unknown/old names raise here
     if not identifiers or len(set(identifiers)) != len(identifiers):
         raise SubmissionError(f"a plugin needs distinct identifiers, got {identifiers}")
-    version = _version()
+    version = VERSION
     files: Dict[str, bytes] = {}
     if carry_code:
         code = vendored_code()

@@ -2,7 +2,7 @@
 
 Brain-Score only finds plugins inside its own ``brainscore_vision/models/`` folder (it scans each
 ``models/<dir>/__init__.py`` for the registration text), so ``install_plugin`` writes a plugin there,
-``models/vonenet_brainscore_models``, generated from this package (``submission.render_plugin``; it
+``models/vonenet_brainscore_models``, generated from this package (``files.render_plugin``; it
 imports the installed package, so edits and upgrades of the code are followed). The folder carries a
 marker so that ``uninstall_plugin`` removes only what ``install_plugin`` placed. For brain-score.org,
 build one zip per model instead (``vonenet_brainscore.submission``).
@@ -26,7 +26,10 @@ import uuid
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
+from ...dependencies import VERSION
 from ...errors import VOneNetError
+from ...published.naming import list_identifiers
+from .files import render_plugin
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -50,8 +53,6 @@ class PluginConflictError(PluginError):
 
 def plugin_files() -> Dict[str, bytes]:
     """The local plugin's files (every identifier; imports the installed package)."""
-    from ...published.naming import list_identifiers
-    from .files import render_plugin
     return render_plugin(list_identifiers(), carry_code=False)
 
 
@@ -140,7 +141,6 @@ def install_plugin(models_dir: Optional[PathLike] = None) -> Path:
     function, or when another plugin folder already registers one of our identifiers (Brain-Score would
     then refuse to load it).
     """
-    from ...published.naming import list_identifiers
     models = _models_dir(models_dir)
     target = models / PLUGIN_NAME
     ours = _is_ours(target)
@@ -162,8 +162,7 @@ def install_plugin(models_dir: Optional[PathLike] = None) -> Path:
             path = staged / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        from ...dependencies import VERSION as __version__
-        (staged / MARKER_NAME).write_text(json.dumps({'installed_by': _OWNER, 'version': __version__},
+        (staged / MARKER_NAME).write_text(json.dumps({'installed_by': _OWNER, 'version': VERSION},
                                                      indent=2) + '\n', encoding='utf-8')
         _swap_into_place(staged, target, replace=bool(ours))
     except OSError as error:

@@ -1,5 +1,8 @@
 """One figure per V1 property: the model's distribution (or several models', side by side) against the
-primate histogram."""
+primate histogram.
+
+Part of V1 scoring (scoring/v1_properties/): draws ``score.BenchmarkResult``s; the command line saves them.
+"""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,7 @@
 """Rebuild the V1 property assemblies of Marques et al. (2021) from the published histograms.
 
+Part of V1 scoring (scoring/v1_properties/): ``registry`` serves these assemblies to Brain-Score.
+
 The papers only report histograms, so Brain-Score's assemblies are samples drawn uniformly within
 each bin (on a log axis where the paper's axis is logarithmic); every benchmark bins them again with
 the same edges, so the scores and ceilings depend only on the counts, which these samples reproduce

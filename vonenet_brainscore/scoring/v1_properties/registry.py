@@ -5,11 +5,16 @@ Brain-Score resolves ``load_dataset``/``load_stimulus_set`` through the dicts ``
 first imported with loaders that fetch SHA1-checked files from S3. That plugin is imported here
 first, so its S3 loaders are registered, and then replaced; later imports are no-ops (Python caches
 the module), so the local loaders stay in place. The benchmark classes themselves are unchanged.
+
+Part of V1 scoring (scoring/v1_properties/). Installing the loaders also tells the brain model which
+stimulus sets are now the generated ones (``brain.v1_window.recognise_property_stimuli``), so that it can
+window its V1 recordings of them when Brain-Score's own entry points call it.
 """
 import importlib
 from functools import partial
 from typing import Dict, Tuple
 
+from ...brain.v1_window import PropertyStimuli, recognise_property_stimuli
 from ...errors import VOneNetError
 from . import published_data, stimuli
 
@@ -94,6 +99,8 @@ def install_offline_data(*, seed: int = published_data.DEFAULT_SEED, progress: b
         if current is not None and not hasattr(current, _MARK):
             _replaced[(registry_name, key)] = current
         registry[key] = loader
+    recognise_property_stimuli(PropertyStimuli(serves=_serves_generated, receptive_field=stimuli.RECEPTIVE_FIELD,
+                                               opt_out=f'{OPT_OUT_VARIABLE}=s3'))
     return OFFLINE_BENCHMARKS
 
 
@@ -108,6 +115,11 @@ def uninstall_offline_data():
 def serves_stimulus_set(name: str) -> bool:
     """Whether Brain-Score's registry currently loads stimulus set ``name`` with our local loader."""
     return hasattr(_registries()['stimulus_set_registry'].get(name), _MARK)
+
+
+def _serves_generated(name: str) -> bool:
+    """Whether ``name`` is one of the generated sets and Brain-Score's registry now loads it from them."""
+    return name in stimuli.STIMULUS_SET_NAMES and serves_stimulus_set(name)
 
 
 def is_installed() -> bool:

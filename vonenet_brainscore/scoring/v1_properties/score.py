@@ -1,14 +1,13 @@
 """Score a brain model's V1 on the Marques2020 property benchmarks, offline, with Brain-Score's own
 benchmark classes.
 
+Part of scoring (scoring/v1_properties/), above the brain model: it builds our brain models
+(``brain.model``) or loads any Brain-Score model, and runs the benchmarks on them.
+
 Two things make the run fit a laptop: the local data registries (``registry.install_offline_data``)
-and a V1 window. Every property benchmark keeps only units whose receptive-field centre lies within
-0.15 deg of the stimulus centre (0.5, 0.5) deg. A VOneBlock unit responds only to patches inside
-its filter (half-width 12 px = 0.43 deg at 8 deg / 224 px) and the mapping patches have radius
-1/6 deg, so its mapped centre lies within 0.60 deg of the unit per axis; units farther than
-0.60 + 0.15 deg (plus 0.1 deg for the 448 -> 224 px resampling) can never be selected. Recording
-only the window (12 x 12 positions x 512 channels instead of 56 x 56 x 512) leaves the selected
-units and their responses unchanged and cuts memory 22-fold.
+and a V1 window (``brain.v1_window``: the VOneBlock units around the stimuli, the only ones a property
+benchmark can select). Recording only the window (12 x 12 positions x 512 channels instead of
+56 x 56 x 512) leaves the selected units and their responses unchanged and cuts memory 22-fold.
 
 By default the benchmarks run within :func:`fast_scoring`: Brain-Score's benchmark classes and
 analyses as they are, with our stimuli placed on the model's screen and preprocessed in memory by
@@ -26,13 +25,12 @@ receptive-field set needs is estimated first (units x 3,528 images x 4 bytes, he
 Brain-Score maps the receptive fields) and a run that cannot fit stops with ``V1MemoryError``.
 
 Brain-Score's own entry points (``brainscore_vision.score``) call our brain model directly, without
-this module's run: there :func:`property_window_for` lets the model record the window for one call at
-a time, for the Marques2020 property stimulus sets only (see ``VOneNetBrainModel.look_at``).
+this module's run: there ``brain.v1_window.property_window_for`` lets the model record the window for one
+call at a time, for the Marques2020 property stimulus sets only (see ``VOneNetBrainModel.look_at``).
 """
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -40,16 +38,14 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from torch import nn
 
+from ...brain.brainscore_access import network_of, observing_metric
+from ...brain.v1_window import VOBLOCK_LAYERS, around_property_stimuli
 from ...brainscore_env import offline_defaults
 from ...errors import BrainModelError, V1MemoryError, VOneNetError
 from ...seeding import numpy_global_seed
-from .registry import (OFFLINE_BENCHMARKS, OPT_OUT_VARIABLE, S3_ONLY_BENCHMARKS, install_offline_data,
-                       serves_stimulus_set)
+from .registry import OFFLINE_BENCHMARKS, S3_ONLY_BENCHMARKS, install_offline_data
 
 logger = logging.getLogger(__name__)
-
-STIMULUS_CENTRE_DEG = (0.5, 0.5)  # (y, x) of every Marques2020 property stimulus
-WINDOW_RADIUS_DEG = 0.85          # 0.43 filter + 0.17 patch + 0.15 selection + 0.1 resampling
 
 
 @dataclass
@@ -92,80 +88,6 @@ def resolve_benchmarks(names: Sequence[str]) -> List[str]:
     return resolved
 
 
-class _RecordingMetric:
-    """Passes every call through to Brain-Score's metric; keeps the first (model vs primate) call."""
-
-    def __init__(self, metric):
-        self.metric, self.first_call = metric, None
-
-    def __call__(self, model_property, data_property):
-        if self.first_call is None:
-            self.first_call = (model_property.copy(), data_property.copy())
-        return self.metric(model_property, data_property)
-
-    def __getattr__(self, name):
-        return getattr(self.metric, name)
-
-
-def v1_window_for(model) -> Optional[tuple]:
-    """The V1 window for a brain model whose V1 is its VOneBlock, else None (any other model: no window)."""
-    commitment = getattr(model, 'commitment', None)
-    if commitment is None or commitment.layer('V1') not in VOBLOCK_LAYERS:
-        return None
-    return model.network.vone_block.units_within(STIMULUS_CENTRE_DEG, WINDOW_RADIUS_DEG)
-
-
-FREEMAN_ZIEMBA_SET = 'FreemanZiemba2013_properties'
-"""The one other stimulus set the Marques2020 property benchmarks record (the FreemanZiemba2013 ones, from S3)."""
-_PLACED = re.compile(r'^(?P<name>.+)--target[0-9.]+--source.*$')
-
-
-def _set_name(stimuli) -> Optional[str]:
-    """The stimulus set's registry name, also once placed on a screen (``<name>--target8.00--sourceNone``)."""
-    identifier = getattr(stimuli, 'identifier', None)
-    if not isinstance(identifier, str):
-        return None
-    placed = _PLACED.match(identifier)
-    return placed.group('name') if placed else identifier
-
-
-def property_window_for(model, stimuli) -> Optional[tuple]:
-    """The V1 window for one V1 recording of ``model`` on ``stimuli``, or None: the per-call decision of
-    ``VOneNetBrainModel.look_at`` when Brain-Score's property benchmarks call the model directly.
-
-    A window is used only where it is valid: V1 is the VOneBlock, no window is set already (our own runs
-    set it for the whole run), and ``stimuli`` is one of our generated Marques2020 sets (placed on the
-    screen; Brain-Score's registry serves it from our images), all drawn around the stimulus centre
-    (0.5, 0.5) deg, where the benchmarks select units within 0.15 deg (module docstring). Brain-Score
-    selects the units of a later recording by position (``activations[in_rf]``, with ``in_rf`` from the
-    receptive-field map), so every set one benchmark records must have the same units: the
-    FreemanZiemba2013 texture set, whose units are selected on our (windowed) receptive-field map, is
-    windowed too when it is centred there, and refused otherwise (a full map would select other units).
-    Any other stimulus set, region or layer: None (the full map, as always).
-    """
-    commitment = getattr(model, 'commitment', None)
-    activations = getattr(model, 'activations_model', None)
-    region = getattr(model, 'recording_region', None)
-    if commitment is None or region != 'V1' or getattr(model, 'do_behavior', False) or \
-            getattr(activations, 'v1_window', True) is not None or commitment.layer(region) not in VOBLOCK_LAYERS:
-        return None
-    from . import stimuli as generated
-    name = _set_name(stimuli)
-    if name in generated.STIMULUS_SET_NAMES and serves_stimulus_set(name):
-        return v1_window_for(model)
-    if name == FREEMAN_ZIEMBA_SET and serves_stimulus_set(generated.RECEPTIVE_FIELD):
-        positions = {tuple(row) for row in stimuli[['position_y', 'position_x']].to_numpy().tolist()} \
-            if {'position_y', 'position_x'} <= set(stimuli.columns) else set()
-        if positions == {tuple(STIMULUS_CENTRE_DEG)}:
-            return v1_window_for(model)
-        raise BrainModelError(
-            f"{model.identifier}: {FREEMAN_ZIEMBA_SET} is not centred at {STIMULUS_CENTRE_DEG} deg (positions "
-            f"{sorted(positions)[:3]}), so its V1 units cannot be selected on the windowed receptive-field map "
-            f"of our generated Marques2020_receptive_field set; score this benchmark with {OPT_OUT_VARIABLE}=s3 "
-            f"(Brain-Score's S3 stimuli, and the full V1 map: about 23 GB for the receptive-field set)")
-    return None
-
-
 @contextmanager
 def fast_scoring(model, progress: bool = True):
     """Within: the same scores with less work. Our stimulus sets are placed on the model's screen and
@@ -190,47 +112,37 @@ def score_brain_model(model, benchmarks: Sequence[str] = ('v1-properties',), see
     against ``fast=False``, which is the pipeline through files as Brain-Score runs it)."""
     identifiers = resolve_benchmarks(benchmarks)
     install_offline_data(progress=progress)
-    # Each stimulus set is recorded once per run anyway (the property functions are cached per
-    # model identifier), so storing gigabytes of activations would only cost time and disk.
-    extractor = getattr(model.activations_model, '_extractor', None)
-    lean = hasattr(extractor, 'store_activations')  # ours; a stock extractor is left as it is
-    if lean:
-        store, extractor.store_activations = extractor.store_activations, False
-    try:
-        with fast_scoring(model, progress=progress) if fast else nullcontext():
-            results = _score_each(model, identifiers, seed)
-    finally:
-        if lean:
-            extractor.store_activations = store
-    return results
+    activations_model = model.activations_model
+    with ExitStack() as scopes:
+        # Each stimulus set is recorded once per run anyway (the property functions are cached per
+        # model identifier), so storing gigabytes of activations would only cost time and disk.
+        if hasattr(activations_model, 'unstored'):  # ours; a stock activations model is left as it is
+            scopes.enter_context(activations_model.unstored())
+        scopes.enter_context(fast_scoring(model, progress=progress) if fast else nullcontext())
+        return [_score_one(model, identifier, seed) for identifier in identifiers]
 
 
-def _score_each(model, identifiers, seed) -> List[BenchmarkResult]:
+def _score_one(model, identifier: str, seed: int) -> BenchmarkResult:
     import brainscore_vision
-    results = []
-    for identifier in identifiers:
-        with offline_defaults():
-            benchmark = brainscore_vision.load_benchmark(identifier)
-        recorder = _RecordingMetric(benchmark._similarity_metric)
-        benchmark._similarity_metric = recorder  # observe only: the metric still computes the score
-        property_name = recorder.metric.property_name
-        logger.info('scoring %s on %s', model.identifier, identifier)
-        with numpy_global_seed(seed):
-            score = benchmark(model)
-        model_property, data_property = recorder.first_call
-        results.append(BenchmarkResult(
-            model=model.identifier,
-            settings=getattr(model.activations_model, 'settings_description', model.identifier),
-            benchmark=identifier, score=float(score.values), raw=float(score.attrs['raw'].values),
-            ceiling=float(score.attrs['ceiling'].values), error=float(score.attrs['raw'].attrs.get('error', np.nan)),
-            property_name=property_name,
-            model_values=np.asarray(model_property.loc[:, property_name].values, dtype=float),
-            primate_values=np.asarray(data_property.loc[:, property_name].values, dtype=float),
-            bins=np.asarray(data_property.attrs[property_name + '_bins'], dtype=float)))
-    return results
+    with offline_defaults():
+        loaded = brainscore_vision.load_benchmark(identifier)
+    benchmark, recorder = observing_metric(loaded)  # observe only: the metric still computes the score
+    property_name = recorder.metric.property_name
+    logger.info('scoring %s on %s', model.identifier, identifier)
+    with numpy_global_seed(seed):
+        score = benchmark(model)
+    model_property, data_property = recorder.first_call
+    return BenchmarkResult(
+        model=model.identifier,
+        settings=getattr(model.activations_model, 'settings_description', model.identifier),
+        benchmark=identifier, score=float(score.values), raw=float(score.attrs['raw'].values),
+        ceiling=float(score.attrs['ceiling'].values), error=float(score.attrs['raw'].attrs.get('error', np.nan)),
+        property_name=property_name,
+        model_values=np.asarray(model_property.loc[:, property_name].values, dtype=float),
+        primate_values=np.asarray(data_property.loc[:, property_name].values, dtype=float),
+        bins=np.asarray(data_property.attrs[property_name + '_bins'], dtype=float))
 
 
-VOBLOCK_LAYERS = ('vone_block', 'vone_block.output')
 RECEPTIVE_FIELD_IMAGES = 3528  # the Marques2020_receptive_field set: the largest recording of the run
 PEAK_FACTOR = 2  # Brain-Score's receptive-field mapping holds the recorded map and a blank-subtracted copy
 
@@ -338,7 +250,7 @@ def load_brain_model(identifier: str, layer: Optional[str] = None):
         except AssertionError as error:  # Brain-Score's locate_plugin: no (or two) registrations
             raise BrainModelError(f"Brain-Score cannot load {identifier!r}: {error}") from None
     activations = getattr(model, 'activations_model', None)
-    network = getattr(activations, '_model', None)
+    network = network_of(activations, missing_ok=True)
     candidates = list(getattr(model, 'layers', None) or [])
     if layer is None:
         region_map = getattr(getattr(model, 'layer_model', None), 'region_layer_map', None)
@@ -377,7 +289,7 @@ def plan_v1_run(model, windowed: bool) -> V1Plan:
         r0, r1, c0, c1 = activations.v1_window
         units = (r1 - r0) * (c1 - c0) * model.network.vone_block.output_shape()[0]
     else:
-        network = getattr(activations, '_model', None)
+        network = network_of(activations, missing_ok=True)
         commitment = getattr(model, 'commitment', None)
         size = commitment.image_size if commitment is not None else int(getattr(activations, 'image_size', 224))
         units = layer_units(network, layer, size) if network is not None and ',' not in layer else None
@@ -415,35 +327,40 @@ def build_v1_model(identifier: str, *, layer: Optional[str] = None, weights_path
         if weights_path is not None or not pretrained:
             raise BrainModelError(f"{identifier} is not a VOneNet: --weights and --untrained apply to ours only")
         model = load_brain_model(identifier, layer)
-        plan = plan_v1_run(model, windowed=False)
-        check_memory(plan)
-        return model, plan
-    from ...brain.model import brain_model
+    else:
+        model = _our_v1_model(identifier, layer=layer, weights_path=weights_path, pretrained=pretrained,
+                              noise_seed=noise_seed, batch_size=batch_size, window=window, progress=progress)
+    windowed = getattr(getattr(model, 'activations_model', None), 'v1_window', None) is not None
+    if windowed:
+        _release_unused_stages(model.network)
+    plan = plan_v1_run(model, windowed=windowed)
+    check_memory(plan)
+    return model, plan
+
+
+def _our_v1_model(identifier: str, *, layer, weights_path, pretrained, noise_seed, batch_size, window, progress):
+    """One of our brain models, built to score V1: windowed where V1 is the VOneBlock (unless ``window`` is
+    off), and with an untrained back-end where the published weights cannot be had and cannot matter."""
+    from ...brain.model import brain_model, region_layer_map
     from ...errors import WeightsUnavailableError
     from ...published.naming import UNTRAINED_TAG, resolve
     identifier = resolve(identifier)
+    voneblock_v1 = (layer or region_layer_map(identifier)['V1']) in VOBLOCK_LAYERS
 
     def build(pretrained_back_end: bool):
         return brain_model(identifier, weights_path=weights_path, pretrained=pretrained_back_end,
                            noise_seed=noise_seed, batch_size=batch_size,
                            region_layers={'V1': layer} if layer else None, identify_by_settings=True,
-                           progress=progress)
+                           progress=progress, v1_window=around_property_stimuli if window and voneblock_v1 else None)
     try:
-        model = build(pretrained)
+        return build(pretrained)
     except WeightsUnavailableError as error:
         if weights_path is not None or (layer is not None and layer not in VOBLOCK_LAYERS):
             raise
         logger.warning("%s: published weights unavailable (%s). V1 is the fixed, seeded VOneBlock, so its "
                        "property scores do not depend on the back-end: scoring with an untrained back-end, "
                        "identifier tagged '%s'.", identifier, str(error).splitlines()[0], UNTRAINED_TAG)
-        model = build(False)
-    cropped = v1_window_for(model) if window else None
-    if cropped is not None:
-        model.activations_model.set_v1_window(cropped)
-        _release_unused_stages(model.network)
-    plan = plan_v1_run(model, windowed=cropped is not None)
-    check_memory(plan)
-    return model, plan
+        return build(False)
 
 
 def score_v1_properties(identifier: str, benchmarks: Sequence[str] = ('v1-properties',), *, layer: Optional[str] = None,
@@ -474,8 +391,8 @@ class ReleasedStage(nn.Module):
 def _release_unused_stages(network) -> None:
     """Give back the memory of every stage after the VOneBlock (a ResNet50 back-end is 0.1 GB), which
     counts in the run's peak while Brain-Score maps 3,528 receptive-field responses of 73,728 units."""
-    from ...brain.extraction import _release_free_memory
+    from ...brain.extraction import release_free_memory
     for name, _ in list(network.named_children()):
         if name != 'vone_block':
             setattr(network, name, ReleasedStage(name))
-    _release_free_memory()
+    release_free_memory()

@@ -1,5 +1,9 @@
 """The Marques2020 stimuli as the model sees them, computed in memory instead of through files.
 
+Part of V1 scoring (scoring/v1_properties/): ``score.fast_scoring`` puts a model's preprocessing behind
+:func:`in_memory_screen` for a run; the images come from ``stimuli`` and the digests from
+``brain.extraction.image_digest``.
+
 For every stimulus set it records from, Brain-Score's ``record_from_model`` loads the set, places it
 on the model's screen (``place_on_screen``: each image cropped or padded to the model's visual
 degrees by ``ImageConverter.apply_ratio`` and written to a new PNG file), and the model's
@@ -50,6 +54,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ...brain.brainscore_access import extractor_of
 from ...errors import StimulusError
 from ...images import to_rgb
 from . import stimuli
@@ -400,7 +405,7 @@ class InMemoryScreen:
 def supports(model) -> bool:
     """Whether ``model``'s preprocessing is ours and Brain-Score's transform has the expected form."""
     from ...preprocessing import BrainScorePreprocessing
-    extractor = getattr(getattr(model, 'activations_model', None), '_extractor', None)
+    extractor = extractor_of(getattr(model, 'activations_model', None), missing_ok=True)
     preprocessing = getattr(extractor, 'preprocess', None)
     return isinstance(preprocessing, BrainScorePreprocessing) and preprocessing.supports_in_memory()
 
@@ -414,7 +419,7 @@ def in_memory_screen(model, *, progress: bool = True):
         yield None
         return
     from brainscore_vision.benchmark_helpers import properties_common
-    extractor = model.activations_model._extractor
+    extractor = extractor_of(model.activations_model)
     screen = InMemoryScreen(extractor.preprocess, progress=progress)
     original = properties_common.place_on_screen
 

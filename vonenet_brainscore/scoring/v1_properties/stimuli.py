@@ -1,5 +1,8 @@
 """Local, deterministic re-creation of the Marques et al. (2021) V1-property stimulus sets.
 
+Part of V1 scoring (scoring/v1_properties/): ``registry`` serves these sets to Brain-Score and ``screen``
+places them on a model's screen in memory; where they sit (around (0.5, 0.5) deg) is ``brain.v1_window``'s.
+
 Brain-Score only ships these sets as S3 archives. They are, however, fully specified (circular
 sine-wave gratings on a mid-grey background, 12 degrees of visual angle rendered on 672 px), so they
 are rebuilt here from the published parameters and cached on disk, which lets the benchmarks run
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 from brainscore_core.supported_data_standards.brainio.stimuli import StimulusSet
 
-from ...published.download import HOME_ENV, cache_dir
+from ...paths import HOME_ENV, cache_dir
 from ...errors import StimulusError
 
 BLANK = 'Marques2020_blank'

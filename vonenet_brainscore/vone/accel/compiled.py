@@ -1,4 +1,5 @@
-"""The VOneBlock's Gabor stage and cells in one sweep: folded half spectra through compiled kernels.
+"""Fast method 'compiled' (vone/accel/): the VOneBlock's Gabor stage and cells in one C call per batch,
+folded half spectra through the kernels that :mod:`.native` builds from ``kernels.c``.
 
 The arithmetic is :mod:`.spectral`'s (s^2-alias inner products per output frequency, then small
 inverse FFTs), but torch operators move every intermediate through memory several times (the
@@ -33,7 +34,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .grouped import colour_channels
+from ..filters import colour_channels, colour_groups
 from .native import Kernels
 from .spectral import folded_filter_spectra, fourier_grid
 
@@ -52,11 +53,9 @@ def _units(q0: torch.Tensor, q1: torch.Tensor, simple_channels: int, lanes: int)
     which the kernel skips). Complex cells: per pair of colours (q0's, q1's), up to ``lanes`` cells
     per unit, their q0 filters in tile A and q1 filters in tile B."""
     colour0, colour1 = colour_channels(q0).tolist(), colour_channels(q1).tolist()
-    groups: Dict[tuple, List[int]] = {}
-    for channel in range(q0.shape[0]):
-        complex_cell = channel >= simple_channels
-        key = (complex_cell, colour0[channel], colour1[channel] if complex_cell else colour0[channel])
-        groups.setdefault(key, []).append(channel)
+    groups = colour_groups([(channel >= simple_channels, colour0[channel],
+                             colour1[channel] if channel >= simple_channels else colour0[channel])
+                            for channel in range(q0.shape[0])])
     size = q0.shape[-1]
 
     def tile(bank: torch.Tensor, members: List[int], colour: int) -> torch.Tensor:
@@ -68,7 +67,7 @@ def _units(q0: torch.Tensor, q1: torch.Tensor, simple_channels: int, lanes: int)
         return [*members, *[-1] * (lanes - len(members))]
 
     simple_tiles = [(colour, members[start:start + lanes])
-                    for (complex_cell, colour, _), members in sorted(groups.items()) if not complex_cell
+                    for (complex_cell, colour, _), members in groups if not complex_cell
                     for start in range(0, len(members), lanes)]
     units = []
     for first in range(0, len(simple_tiles), 2):
@@ -77,7 +76,7 @@ def _units(q0: torch.Tensor, q1: torch.Tensor, simple_channels: int, lanes: int)
         filters = torch.stack([tile(q0, a, colour_a), tile(q0, b, colour_b)])
         channels = torch.tensor(lane_channels(a) + lane_channels(b), dtype=torch.int64)
         units.append(Unit((colour_a, colour_b), filters, channels, False))
-    for (complex_cell, colour_a, colour_b), members in sorted(groups.items()):
+    for (complex_cell, colour_a, colour_b), members in groups:
         if complex_cell:
             for start in range(0, len(members), lanes):
                 chunk = members[start:start + lanes]

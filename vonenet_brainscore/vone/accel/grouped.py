@@ -1,4 +1,5 @@
-"""The VOneBlock's Gabor convolutions without the work the original throws away.
+"""Fast method 'grouped' (vone/accel/): the VOneBlock's Gabor stage as per-colour matrix products,
+without the work the original's dense convolutions throw away.
 
 The original runs two dense 3-channel convolutions of 512 filters each (6.0 GMAC per 224 px image),
 but every Gabor filter is non-zero on one colour channel only, and simple cells use only the
@@ -6,8 +7,9 @@ even-phase (q0) filter. Here each filter is applied to its own colour channel on
 odd-phase (q1) filters are computed for complex cells only: 768 single-channel filters, 1.5 GMAC,
 as one matrix product per colour channel (patches x filters), which runs near the CPU's peak.
 
-The regrouping is read from the weights themselves, so it is exact for any colour assignment,
-including the published checkpoints' (drawn from an unseeded RNG at training time).
+The regrouping (:func:`..filters.cell_filters`) is read from the weights themselves, so it is exact
+for any colour assignment, including the published checkpoints' (drawn from an unseeded RNG at
+training time).
 """
 from __future__ import annotations
 
@@ -16,18 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
-
-class NotSingleChannel(ValueError):
-    """A filter bank in which some filter reads more than one colour channel."""
-
-
-def colour_channels(weight: torch.Tensor) -> torch.Tensor:
-    """The input channel each filter reads; raises if a filter reads several."""
-    nonzero = weight.detach().flatten(2).ne(0).any(dim=2)
-    counts = nonzero.sum(dim=1)
-    if (counts > 1).any():
-        raise NotSingleChannel(f"{int((counts > 1).sum())} filter(s) read more than one colour channel")
-    return nonzero.float().argmax(dim=1)  # an all-zero filter is assigned channel 0 (its output is 0)
+from ..filters import cell_filters, output_side
 
 
 class GroupedGabors:
@@ -39,25 +30,18 @@ class GroupedGabors:
 
     def __init__(self, q0: torch.Tensor, q1: torch.Tensor, simple_channels: int, stride: int, padding: int):
         self.stride, self.padding = stride, padding
-        self.n_q0, self.simple_channels = q0.shape[0], simple_channels
-        filters = torch.cat([q0, q1[simple_channels:]])            # rows: all q0, then complex q1
-        channels = torch.cat([colour_channels(q0), colour_channels(q1[simple_channels:])])
-        self.groups: List[Tuple[int, torch.Tensor]] = []           # (colour, weight (n, 1, k, k))
-        order = []
-        for colour in range(q0.shape[1]):
-            members = torch.nonzero(channels == colour).flatten()
-            if len(members):
-                self.groups.append((colour, filters[members, colour:colour + 1].contiguous()))
-                order.append(members)
+        self.n_q0 = q0.shape[0]
+        filters, groups = cell_filters(q0, q1, simple_channels)
+        self.groups: List[Tuple[int, torch.Tensor]] = [             # (colour, weight (n, 1, k, k))
+            (colour, filters[rows, colour:colour + 1].contiguous()) for colour, rows in groups]
         # position of each original row in the concatenated group outputs
-        self.inverse = torch.argsort(torch.cat(order))
+        self.inverse = torch.argsort(torch.tensor([row for _, rows in groups for row in rows]))
 
     def __call__(self, x: torch.Tensor, padding: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         padding = self.padding if padding is None else padding
         batch, _, height, width = x.shape
         size = self.groups[0][1].shape[-1]
-        rows = (height + 2 * padding - size) // self.stride + 1
-        cols = (width + 2 * padding - size) // self.stride + 1
+        rows, cols = (output_side(length, size, self.stride, padding) for length in (height, width))
         outputs = []
         for colour, weight in self.groups:
             patches = F.unfold(x[:, colour:colour + 1], size, padding=padding, stride=self.stride)

@@ -1,6 +1,6 @@
 /* The VOneBlock's Gabor stage and cells, from the images to the output channels, in cache.
  *
- * Compiled on first use by vone/native.py and called through ctypes, so the package installs
+ * Compiled on first use by vone/accel/native.py and called through ctypes, so the package installs
  * without a build step. Everything is float32 arithmetic in C:
  *
  *   spectra: per image and colour, the image's 2-D FFT on the Fourier grid (the padding is the

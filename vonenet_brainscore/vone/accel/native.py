@@ -1,4 +1,4 @@
-"""Build and load the VOneBlock's C kernels (``kernels.c``) on first use.
+"""Build and load the C kernels (``kernels.c``) of the fast method 'compiled' (vone/accel/) on first use.
 
 The kernels are compiled with the system C compiler into the user cache (one file per source,
 compiler, flags and CPU, so a home directory shared by different machines never loads code built
@@ -33,6 +33,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..filters import on_colour_channels
 from .spectral import fold
 
 SOURCE = Path(__file__).with_name('kernels.c')
@@ -331,10 +332,8 @@ def _self_check(kernels: Kernels) -> Optional[str]:
     simple, complex_, size = 5, 2 * kernels.lanes + 1, 5
     banks = []
     for _ in range(2):
-        bank = torch.zeros(simple + complex_, 3, size, size)
         colours = torch.randint(0, 3, (simple + complex_,), generator=generator)
-        bank[torch.arange(simple + complex_), colours] = torch.randn(simple + complex_, size, size, generator=generator)
-        banks.append(bank)
+        banks.append(on_colour_channels(torch.randn(simple + complex_, size, size, generator=generator), colours, 3))
     cells = CompiledCells(banks[0], banks[1], simple, stride, 2, kernels)
     for shape, padding, threads in (((21, 37), 2, 1), ((33, 29), 0, 2)):  # Fourier grids 6 x 10 and 9 x 8
         images = torch.randn(kernels.images_per_block + 2, 3, *shape, generator=generator)
@@ -372,7 +371,7 @@ def _find_or_build() -> Tuple[Optional[Kernels], Optional[str]]:
         return None, 'no C compiler found (install gcc or clang, or set CC)'
     if not SOURCE.is_file():
         return None, f'{SOURCE} is missing (reinstall the package)'
-    from ...published.download import cache_dir  # here: only compilation needs the cache
+    from ...paths import cache_dir  # here: only compilation needs the cache
     try:
         root = cache_dir()
     except Exception as error:
@@ -401,7 +400,7 @@ def _find_or_build() -> Tuple[Optional[Kernels], Optional[str]]:
             return loaded, None
         lines = complaint.splitlines() if complaint else []
         failures.append(f"{' '.join(flags)}: {lines[-1] if lines else 'failed'}")
-    return None, f'compiling vone/{SOURCE.name} with {" ".join(command)} failed: ' + '; '.join(failures)
+    return None, f'compiling vone/accel/{SOURCE.name} with {" ".join(command)} failed: ' + '; '.join(failures)
 
 
 def unavailable_reason() -> Optional[str]:

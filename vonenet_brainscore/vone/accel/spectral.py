@@ -1,4 +1,5 @@
-"""The VOneBlock's strided Gabor correlations in the Fourier domain, folded to the output grid.
+"""Fast method 'spectral' (vone/accel/): the VOneBlock's strided Gabor correlations in the Fourier
+domain, folded to the output grid.
 
 A stride-s correlation only needs every s-th output. In the Fourier domain, subsampling by s folds
 the spectrum: the M x M DFT of the subsampled output (M = N / s) is the mean of the s x s aliased
@@ -8,8 +9,9 @@ the s^2 aliases, so all filters and images reduce to one batched matrix product 
 
 Real filters are paired as the real and imaginary parts of one complex filter (the output of
 ``a + ib`` is ``y_a + i y_b`` for a real image), so every inverse FFT yields two maps. Filters are
-grouped by the colour channel they read, as in :mod:`.fast`, so the result is exact (to float32
-rounding) for any colour assignment, including the published checkpoints'.
+grouped by the colour channel they read (:func:`..filters.cell_filters`, as for :mod:`.grouped`),
+so the result is exact (to float32 rounding) for any colour assignment, including the published
+checkpoints'. :mod:`.compiled` reuses the grid and the filter spectra defined here.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
-from .grouped import colour_channels
+from ..filters import cell_filters, output_side
 
 
 def _is_smooth(n: int) -> bool:
@@ -53,8 +55,7 @@ class FourierGrid(NamedTuple):
 
 
 def fourier_grid(height: int, width: int, padding: int, stride: int, ksize: int) -> FourierGrid:
-    rows = (height + 2 * padding - ksize) // stride + 1
-    cols = (width + 2 * padding - ksize) // stride + 1
+    rows, cols = output_side(height, ksize, stride, padding), output_side(width, ksize, stride, padding)
     n_h, n_w = fft_size(height, padding, rows, stride, ksize), fft_size(width, padding, cols, stride, ksize)
     return FourierGrid(rows, cols, n_h, n_w, n_h // stride, n_w // stride)
 
@@ -98,16 +99,13 @@ class SpectralGabors:
         self.stride, self.padding, self.ksize = stride, padding, q0.shape[-1]
         self.images_per_pass, self.pairs_per_pass, self.cached_sizes = images_per_pass, pairs_per_pass, cached_sizes
         self.n_q0 = q0.shape[0]
-        filters = torch.cat([q0, q1[simple_channels:]])            # rows: all q0, then complex q1
-        channels = torch.cat([colour_channels(q0), colour_channels(q1[simple_channels:])])
+        filters, groups = cell_filters(q0, q1, simple_channels)
         self.n_out = len(filters)
         # Per colour: consecutive members paired into complex kernels; an odd count gets a zero partner,
         # whose (imaginary) output goes to a spare channel n_out that is dropped.
         self.groups: List[Tuple[int, torch.Tensor, torch.Tensor]] = []  # (colour, pairs, output channels)
-        for colour in range(q0.shape[1]):
-            members = torch.nonzero(channels == colour).flatten()
-            if not len(members):
-                continue
+        for colour, rows in groups:
+            members = torch.tensor(rows)
             kernels = filters[members, colour]
             if len(members) % 2:
                 kernels = torch.cat([kernels, kernels.new_zeros((1,) + kernels.shape[1:])])
