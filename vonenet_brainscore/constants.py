@@ -1,4 +1,5 @@
-"""Constants the command line needs before anything heavy is imported (it parses arguments first)."""
+"""Facts on the bottom floor: the numbers the command line needs before anything heavy is imported (it
+parses arguments first), read by the floors above (published checkpoint limits, training data loading)."""
 import os
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048

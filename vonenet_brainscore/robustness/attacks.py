@@ -1,5 +1,6 @@
 """White-box attacks in pixel space: projected gradient descent (PGD) under L-inf, L2 and L1
-bounds, with expectation over transformation (EOT) for the VOneBlock's stochastic noise.
+bounds, with expectation over transformation (EOT) for the VOneBlock's stochastic noise. Part of
+robustness/ (evaluate.py runs them); the noise is seeded through vone/noise.py, seeds come from seeding.py.
 
 Settings follow Dapello, Marques et al. (2020), "Simulating a Primary Visual Cortex at the Front
 of CNNs Improves Robustness to Image Perturbations" (NeurIPS), and their evaluation script

@@ -1,5 +1,6 @@
 """Common image corruptions (ImageNet-C; Hendrycks & Dietterich 2019) through the ``imagecorruptions``
-package, applied to un-normalised uint8 images at the model's resolution.
+package, applied to un-normalised uint8 images at the model's resolution. Part of robustness/
+(evaluate.py applies them beside the attacks).
 
 Dapello, Marques et al. (2020) report VOneNet robustness to the 15 ImageNet-C corruptions
 (noise, blur, weather, digital) at severities 1..5; ``imagecorruptions`` adds four held-out

@@ -1,5 +1,7 @@
 """Side-by-side robustness evaluation: clean accuracy, white-box PGD accuracy over perturbation
 strengths, and common-corruption accuracy over severities, for several models on the same images.
+The centre of robustness/: it runs attacks.py and corruptions.py on models.py's networks, on the
+device devices.py picks, and report.py writes what it returns.
 
 Defaults follow Dapello, Marques et al. (2020, NeurIPS): PGD with 64 steps of eps/4, 8 EOT noise
 draws per step for stochastic models, L-inf/L2/L1 strengths around 1/1020, 0.15 and 40; ImageNet-C

@@ -1,5 +1,6 @@
 """Models that take images in [0, 1]: the VOneNet with its 0.5/0.5 normalisation inside, and the
-"plain back-end" comparison (torchvision's own network with ImageNet normalisation inside).
+"plain back-end" comparison (torchvision's own network with ImageNet normalisation inside). The first
+step of robustness/: what evaluate.py attacks and corrupts.
 
 Attacks and corruptions act on pixels, so every compared model must own its normalisation:
 then eps means the same pixel change for every model (Dapello, Marques et al. 2020 attack the

@@ -1,4 +1,5 @@
-"""Writing robustness tables (CSV, JSON) and plotting accuracy against perturbation strength."""
+"""Writing robustness tables (CSV, JSON) and plotting accuracy against perturbation strength: the last
+step of robustness/, on the table evaluate.py returns."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The original training recipe: its hyper-parameters and their defaults, in one place.
+"""The original training recipe: its hyper-parameters and their defaults, in one place (training/).
 
 Imports nothing heavy, so the command line reads the defaults for its ``--help`` and ``train`` applies
 them where an argument is left as None (a resumed run then keeps its checkpoint's value).
